@@ -1,0 +1,89 @@
+"""Options and helpers shared by several commands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.console import Console
+
+stderr = Console(stderr=True)
+
+
+def backend_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--backend",
+        default="vae",
+        show_default=True,
+        help="Model backend (see `lvm plugins`).",
+    )(f)
+
+
+def checkpoint_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--checkpoint",
+        type=click.Path(path_type=str),
+        default=None,
+        help="Checkpoint folder or .safetensors file. Default: the backend's bundled one.",
+    )(f)
+
+
+def data_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "--data-dir",
+        type=click.Path(path_type=str),
+        default=None,
+        help="Folder with the dataset's files (for mnist/fashion-mnist: the IDX .gz files). "
+        "Default: download (mnist, fashion-mnist) or the bundled file (mnist-5k).",
+    )(f)
+    return click.option(
+        "--dataset",
+        default="mnist-5k",
+        show_default=True,
+        help="Dataset name (see `lvm datasets`).",
+    )(f)
+
+
+def runtime_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "--threads",
+        type=int,
+        default=None,
+        help="Torch CPU threads. Default: torch's choice (one per core).",
+    )(f)
+    return click.option(
+        "--device",
+        default="cpu",
+        show_default=True,
+        help="Torch device: cpu, cuda, cuda:1.",
+    )(f)
+
+
+def parse_key_values(pairs: tuple[str, ...], what: str) -> dict[str, str]:
+    """``("lr=0.01", "steps=5")`` -> ``{"lr": "0.01", "steps": "5"}``."""
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint=what)
+        values[key.strip()] = value.strip()
+    return values
+
+
+def load_model(backend: str, checkpoint: str | None, device: Any) -> Any:
+    """The model from ``checkpoint``, or the backend's bundled checkpoint."""
+    from lvmtoolkit.core.checkpoint import load_checkpoint
+    from lvmtoolkit.errors import CheckpointError
+    from lvmtoolkit.plugins import get_backend
+
+    model_class = get_backend(backend)
+    if checkpoint is None:
+        default = model_class.default_checkpoint()
+        if default is None:
+            raise CheckpointError(
+                f"backend {backend!r} ships no checkpoint; pass --checkpoint or train one "
+                f"with `lvm train --backend {backend}`"
+            )
+        checkpoint = str(default)
+    return load_checkpoint(checkpoint, device=device, backend=backend), checkpoint

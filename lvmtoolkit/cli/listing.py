@@ -1,0 +1,190 @@
+"""``lvm plugins``, ``lvm backends``, ``lvm refiners``, ``lvm datasets``: what is installed."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from lvmtoolkit.cli.common import stderr
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(plugins)
+    cli.add_command(backends)
+    cli.add_command(refiners)
+    cli.add_command(datasets)
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    stderr.print(table)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Write the list as JSON to stdout.")
+def plugins(as_json: bool) -> None:
+    """List installed plugins: distribution, version, hooks, what each registers.
+
+    Default plugins are part of the core; entry-point plugins are separate distributions
+    found in the `lvmtoolkit` entry-point group. Set LVM_LOAD_PLUGINS=name1,name2 to load
+    only some entry-point plugins (empty: none).
+
+    \b
+    Example:
+      lvm plugins --json
+    """
+    from lvmtoolkit.plugins import plugin_info
+
+    info = plugin_info()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    _table(
+        "Installed plugins",
+        ["name", "kind", "distribution", "version", "registers"],
+        [
+            [
+                p["name"],
+                p["kind"],
+                p["distribution"],
+                p["version"],
+                "; ".join(f"{k}: {', '.join(v)}" for k, v in p["registers"].items()),
+            ]
+            for p in info
+        ],
+    )
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Write the list as JSON to stdout.")
+def backends(as_json: bool) -> None:
+    """List model backends and whether each ships a pretrained checkpoint."""
+    from lvmtoolkit.plugins import backends as registered
+
+    rows = []
+    for name, reg in sorted(registered().items()):
+        checkpoint = reg.obj.default_checkpoint()
+        rows.append(
+            {
+                "name": name,
+                "plugin": reg.plugin,
+                "version": reg.obj.version,
+                "bundled_checkpoint": str(checkpoint) if checkpoint else None,
+                "description": (reg.obj.__doc__ or "").strip().splitlines()[0],
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    _table(
+        "Backends",
+        ["name", "plugin", "bundled checkpoint", "description"],
+        [
+            [r["name"], r["plugin"], "yes" if r["bundled_checkpoint"] else "no", r["description"]]
+            for r in rows
+        ],
+    )
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Write the list as JSON to stdout.")
+def datasets(as_json: bool) -> None:
+    """List datasets and their splits."""
+    from lvmtoolkit.plugins import datasets as registered
+
+    rows = [
+        {
+            "name": name,
+            "plugin": reg.plugin,
+            "splits": list(reg.obj.splits),
+            "description": reg.obj.description,
+        }
+        for name, reg in sorted(registered().items())
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    _table(
+        "Datasets",
+        ["name", "splits", "description"],
+        [[r["name"], ",".join(r["splits"]), r["description"]] for r in rows],
+    )
+
+
+@click.group()
+def refiners() -> None:
+    """List refiners and show their options."""
+
+
+@refiners.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Write the list as JSON to stdout.")
+def refiners_list(as_json: bool) -> None:
+    """List refiners (pass one with `lvm refine --refiner NAME`)."""
+    from lvmtoolkit.plugins import refiners as registered
+
+    rows = [
+        {"name": name, "plugin": reg.plugin, "description": reg.obj.description}
+        for name, reg in sorted(registered().items())
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    _table(
+        "Refiners",
+        ["name", "plugin", "description"],
+        [[r["name"], r["plugin"], r["description"]] for r in rows],
+    )
+
+
+@refiners.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Write the options as JSON to stdout.")
+def refiners_show(name: str, as_json: bool) -> None:
+    """Show a refiner's options: type, default, allowed values, meaning.
+
+    \b
+    Example:
+      lvm refiners show svi
+    """
+    from lvmtoolkit.core.options import describe_options
+    from lvmtoolkit.plugins import get_refiner
+
+    refiner_class = get_refiner(name)
+    rows = describe_options(refiner_class.options_class)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {"name": name, "description": refiner_class.description, "options": rows},
+                indent=2,
+                default=str,
+            )
+        )
+        return
+    stderr.print(f"[bold]{name}[/bold]: {refiner_class.description}")
+    _table(
+        f"Options of {name} (set with -o KEY=VALUE)",
+        ["option", "type", "default", "allowed", "meaning"],
+        [
+            [
+                r["name"],
+                r["type"],
+                str(r["default"]),
+                ", ".join(map(str, r["choices"]))
+                if r["choices"]
+                else (
+                    f"{'>' if r['exclusive_minimum'] else '>='} {r['minimum']}"
+                    if r["minimum"] is not None
+                    else ""
+                ),
+                r["help"],
+            ]
+            for r in rows
+        ],
+    )

@@ -1,0 +1,42 @@
+"""Core interfaces on Pyro: Model, Posterior, Refiner; ELBO, checkpoints, training."""
+
+from lvmtoolkit.core.checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
+from lvmtoolkit.core.elbo import DATA_PLATE, per_datapoint_elbo
+from lvmtoolkit.core.model import Model, config_from_dict
+from lvmtoolkit.core.options import describe_options, option, parse_options
+from lvmtoolkit.core.posterior import (
+    AmortizedGaussianPosterior,
+    GaussianParams,
+    GaussianPosterior,
+    LocalGaussianPosterior,
+    Posterior,
+)
+from lvmtoolkit.core.refiner import CheckpointCallback, Refiner, RefineResult
+from lvmtoolkit.core.runtime import frozen, resolve_device, seeded, set_threads
+from lvmtoolkit.core.training import train
+
+__all__ = [
+    "DATA_PLATE",
+    "AmortizedGaussianPosterior",
+    "CheckpointCallback",
+    "GaussianParams",
+    "GaussianPosterior",
+    "LocalGaussianPosterior",
+    "Model",
+    "Posterior",
+    "RefineResult",
+    "Refiner",
+    "config_from_dict",
+    "describe_options",
+    "frozen",
+    "load_checkpoint",
+    "option",
+    "parse_options",
+    "per_datapoint_elbo",
+    "read_checkpoint_info",
+    "resolve_device",
+    "save_checkpoint",
+    "seeded",
+    "set_threads",
+    "train",
+]

@@ -1,0 +1,111 @@
+"""The generative side: a Model is a Pyro model plus what refiners and tasks need from it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.distributions import Distribution
+
+from lvmtoolkit.core.elbo import per_datapoint_elbo
+from lvmtoolkit.core.posterior import Posterior
+from lvmtoolkit.errors import CheckpointError
+
+
+class Model(nn.Module):
+    """Base class of backends: a latent variable model written in Pyro.
+
+    A backend subclasses this, sets the class attributes, and implements :meth:`model`,
+    :meth:`decode`, :meth:`sample_prior` and :meth:`amortized_posterior`. It registers the
+    class through the ``register_backends`` hook; checkpoints rebuild it from
+    ``config_class`` and the saved weights, so loading never runs pickled code.
+
+    Attributes:
+        name: Registry key, e.g. ``"vae"``.
+        version: Version written into checkpoints.
+        config_class: A dataclass holding every architecture setting.
+        data_shape: Shape of one datapoint, e.g. ``(1, 28, 28)``.
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "0"
+    config_class: ClassVar[type] = object
+    data_shape: tuple[int, ...] = ()
+
+    def __init__(self, config: Any):
+        super().__init__()
+        self.config = config
+
+    # --- what every backend implements -------------------------------------------------
+
+    def model(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Pyro model: latent sites and the observed site ``"x"`` in ``pyro.plate("data")``.
+
+        Args:
+            x: Batch of shape ``(N, *data_shape)`` with values in [0, 1].
+            mask: Optional boolean tensor broadcastable to ``x``; False marks pixels that
+                are not observed (they do not enter the likelihood).
+        """
+        raise NotImplementedError
+
+    def decode(self, z: dict[str, torch.Tensor]) -> Distribution:
+        """The likelihood p(x | z): batch shape ``(N,)``, event shape ``data_shape``."""
+        raise NotImplementedError
+
+    def sample_prior(self, num_samples: int) -> dict[str, torch.Tensor]:
+        """Draw ``num_samples`` latents from the prior, ``{site: tensor}``."""
+        raise NotImplementedError
+
+    def amortized_posterior(self) -> Posterior:
+        """The encoder's posterior q(z | x) (shares this model's encoder parameters)."""
+        raise NotImplementedError
+
+    @property
+    def latent_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Event shape of each latent site, ``{site: shape}``."""
+        raise NotImplementedError
+
+    # --- provided -------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        return self.model(x, mask)
+
+    def training_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-datapoint NELBO under the amortized posterior; training minimises its mean."""
+        return -per_datapoint_elbo(self.model, self.amortized_posterior(), x)
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.parameters():
+            return tensor.device
+        return torch.device("cpu")
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Model:
+        """Build the model from a config dict (as saved in a checkpoint)."""
+        return cls(config_from_dict(cls.config_class, config))
+
+    @classmethod
+    def default_checkpoint(cls) -> Path | None:
+        """Path of the pretrained checkpoint shipped with the backend, if any."""
+        return None
+
+
+def config_from_dict(config_class: type, values: dict[str, Any]) -> Any:
+    """Build a config dataclass from a dict, rejecting unknown or mistyped keys."""
+    if not isinstance(values, dict):
+        raise CheckpointError(f"config must be a JSON object, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise CheckpointError(
+            f"unknown {config_class.__name__} keys: {', '.join(unknown)} "
+            f"(known: {', '.join(fields)})"
+        )
+    try:
+        return config_class(**values)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"invalid {config_class.__name__}: {err}") from None

@@ -1,0 +1,80 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lvmtoolkit.core.checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
+from lvmtoolkit.errors import CheckpointError
+
+
+def test_roundtrip_folder_and_single_file(tiny_vae, tmp_path):
+    folder = save_checkpoint(
+        tiny_vae, tmp_path / "ckpt", data={"dataset": "x"}, training={"epochs": 1}
+    )
+    for path in (folder, folder / "model.safetensors"):
+        loaded = load_checkpoint(path)
+        assert loaded.config == tiny_vae.config
+        for key, value in tiny_vae.state_dict().items():
+            assert torch.equal(loaded.state_dict()[key], value)
+    info = read_checkpoint_info(folder)
+    assert info["backend"] == "vae" and info["data"] == {"dataset": "x"}
+    assert info["config"]["hidden"] == [32]
+
+
+def test_missing_and_corrupt(tiny_vae, tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.safetensors")
+    folder = save_checkpoint(tiny_vae, tmp_path / "ckpt")
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_checkpoint(folder)
+    (folder / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="has no config.json"):
+        load_checkpoint(folder)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        load_checkpoint(bad)
+
+
+def test_pickle_file_is_refused(tmp_path):
+    """A torch.save pickle is never unpickled."""
+    path = tmp_path / "model.safetensors"
+    torch.save({"weights": torch.zeros(3)}, path)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_mismatched_weights_and_config(tiny_vae, tmp_path):
+    folder = save_checkpoint(tiny_vae, tmp_path / "ckpt")
+    info = json.loads((folder / "config.json").read_text())
+    info["config"]["latent_dim"] = 5
+    (folder / "config.json").write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="expects"):
+        load_checkpoint(folder)
+    info["config"]["colour"] = "red"
+    (folder / "config.json").write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="unknown VAEConfig keys: colour"):
+        load_checkpoint(folder)
+    save_file({"x": torch.zeros(1)}, str(folder / "model.safetensors"))
+    info["config"].pop("colour")
+    info["config"]["latent_dim"] = 4
+    (folder / "config.json").write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_checkpoint(folder)
+
+
+def test_backend_mismatch(tiny_vae, tmp_path):
+    folder = save_checkpoint(tiny_vae, tmp_path / "ckpt")
+    with pytest.raises(CheckpointError, match="is a 'vae' checkpoint, not a 'gmvae' one"):
+        load_checkpoint(folder, backend="gmvae")
+
+
+def test_unknown_backend_in_checkpoint(tiny_vae, tmp_path):
+    folder = save_checkpoint(tiny_vae, tmp_path / "ckpt")
+    info = json.loads((folder / "config.json").read_text())
+    info["backend"] = "martian"
+    (folder / "config.json").write_text(json.dumps(info))
+    with pytest.raises(KeyError, match="unknown backend 'martian'"):
+        load_checkpoint(folder)

@@ -1,0 +1,145 @@
+import pytest
+import torch
+
+from lvmtoolkit.core.posterior import AmortizedGaussianPosterior, LocalGaussianPosterior
+from lvmtoolkit.errors import LvmError, OptionError
+from lvmtoolkit.metrics import nelbo
+from lvmtoolkit.refiners import AmortizedRefiner, SVIRefiner
+
+
+def test_svi_lowers_nelbo_of_every_datapoint(tiny_vae, digits):
+    refiner = SVIRefiner(steps=200, lr=0.05)
+    result = refiner.refine(tiny_vae, digits)
+    before = nelbo(tiny_vae, tiny_vae.amortized_posterior(), digits, num_samples=32, seed=11)
+    after = nelbo(tiny_vae, result.posterior, digits, num_samples=32, seed=11)
+    assert (after < before).all()
+    assert result.trace.shape == (200, digits.shape[0])
+    # the optimiser's own objective went down on average
+    assert result.trace[-20:].mean() < result.trace[:20].mean()
+
+
+def test_svi_never_worse_than_start_and_never_nan(tiny_vae, digits):
+    """A learning rate far too high: the kept-best rule still returns the start or better."""
+    refiner = SVIRefiner(steps=5, lr=1e4, select_samples=8)
+    result = refiner.refine(tiny_vae, digits)
+    for tensor in result.posterior.parameters():
+        assert torch.isfinite(tensor).all()
+    start = nelbo(
+        tiny_vae,
+        tiny_vae.amortized_posterior(),
+        digits,
+        num_samples=8,
+        seed=refiner.options.seed + 7919,
+    )
+    assert (result.info["selection_nelbo"] <= start + 1e-4).all()
+
+
+def test_svi_survives_nan_likelihoods(tiny_vae, digits):
+    """A datapoint whose likelihood turns NaN keeps finite parameters; the others improve."""
+
+    def poison_first_row(module, inputs, output):
+        output = output.clone()
+        output[0] = float("nan")
+        return output
+
+    handle = tiny_vae.decoder.register_forward_hook(poison_first_row)
+    try:
+        result = SVIRefiner(steps=20, lr=0.05).refine(tiny_vae, digits)
+    finally:
+        handle.remove()
+    for tensor in result.posterior.parameters():
+        assert torch.isfinite(tensor).all()
+    assert torch.isinf(result.trace[:, 0]).all()
+    assert torch.isfinite(result.trace[:, 1:]).all()
+    assert result.trace[-1, 1:].mean() < result.trace[0, 1:].mean()
+
+
+def test_non_finite_input_is_an_error(tiny_vae, digits):
+    x = digits.clone()
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(LvmError, match="non-finite"):
+        SVIRefiner(steps=1).refine(tiny_vae, x)
+
+
+def test_checkpoints_are_reported_in_order(tiny_vae, digits):
+    seen = []
+    SVIRefiner(steps=10, lr=0.01).refine(
+        tiny_vae,
+        digits,
+        checkpoints=[1, 5, 10, 50],
+        on_checkpoint=lambda step, posterior: seen.append((step, type(posterior).__name__)),
+    )
+    assert seen == [
+        (1, "LocalGaussianPosterior"),
+        (5, "LocalGaussianPosterior"),
+        (10, "LocalGaussianPosterior"),
+    ]
+
+
+def test_svi_is_reproducible_and_leaves_model_untouched(tiny_vae, digits):
+    weights = {k: v.clone() for k, v in tiny_vae.state_dict().items()}
+    flags = [p.requires_grad for p in tiny_vae.parameters()]
+    a = SVIRefiner(steps=15, lr=0.01, seed=4).refine(tiny_vae, digits)
+    b = SVIRefiner(steps=15, lr=0.01, seed=4).refine(tiny_vae, digits)
+    assert torch.equal(a.trace, b.trace)
+    for key, value in tiny_vae.state_dict().items():
+        assert torch.equal(value, weights[key])
+    assert [p.requires_grad for p in tiny_vae.parameters()] == flags
+
+
+def test_chunking_gives_the_same_objective(tiny_vae, digits):
+    """Chunks change the noise draws but not the objective: deterministic at zero scale."""
+    params = tiny_vae.amortized_posterior().gaussian_params(digits)
+    tiny = {k: (loc.detach(), torch.full_like(scale, 1e-8)) for k, (loc, scale) in params.items()}
+    init = LocalGaussianPosterior(tiny)
+    whole = SVIRefiner(steps=3, lr=0.01, chunk_size=1024).refine(tiny_vae, digits, init=init)
+    parts = SVIRefiner(steps=3, lr=0.01, chunk_size=7).refine(tiny_vae, digits, init=init)
+    assert torch.allclose(whole.trace, parts.trace, atol=1e-3)
+
+
+def test_other_optimisers(tiny_vae, digits):
+    for name in ("sgd", "rmsprop", "adagrad"):
+        result = SVIRefiner(steps=3, optimizer=name, lr=1e-3, momentum=0.5).refine(tiny_vae, digits)
+        assert result.trace.shape == (3, digits.shape[0])
+
+
+def test_zero_steps_returns_the_start(tiny_vae, digits):
+    result = SVIRefiner(steps=0).refine(tiny_vae, digits)
+    start = tiny_vae.amortized_posterior().gaussian_params(digits)["z"]
+    loc, scale = result.posterior.gaussian_params(digits)["z"]
+    assert torch.allclose(loc, start[0]) and torch.allclose(scale, start[1], rtol=1e-5)
+
+
+def test_amortized_refiner_is_identity(tiny_vae, digits):
+    result = AmortizedRefiner().refine(tiny_vae, digits)
+    assert isinstance(result.posterior, AmortizedGaussianPosterior)
+    assert result.steps == 0 and result.trace.shape == (0, digits.shape[0])
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"lr": "0"}, "must be > 0"),
+        ({"steps": "-1"}, "must be >= 0"),
+        ({"optimizer": "lbfgs"}, "not one of"),
+        ({"learning_rate": "1"}, "unknown option"),
+        ({"steps": "ten"}, "expected int"),
+        ({"analytic_kl": "maybe"}, "true or false"),
+    ],
+)
+def test_invalid_options(options, message):
+    with pytest.raises(OptionError, match=message):
+        SVIRefiner(**options)
+
+
+def test_wrong_batch_shape(tiny_vae):
+    with pytest.raises(LvmError, match="expects"):
+        SVIRefiner(steps=1).refine(tiny_vae, torch.zeros(4, 1, 32, 32))
+
+
+def test_local_posterior_refuses_other_batch_sizes(tiny_vae, digits):
+    local = LocalGaussianPosterior.from_posterior(tiny_vae.amortized_posterior(), digits)
+    with pytest.raises(LvmError, match="holds 32 datapoints"):
+        local.gaussian_params(digits[:3])
+    sub = local.select(slice(0, 3))
+    assert sub.num_datapoints == 3
