@@ -8,10 +8,12 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: install demo test lint bench clean
 
-$(BIN)/.installed: pyproject.toml plugins/lvm-vae/pyproject.toml
+PLUGINS := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
+
+$(BIN)/.installed: pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[test]' -e plugins/lvm-vae
+	$(BIN)/python -m pip install --quiet -e '.[test]' $(addprefix -e ,$(PLUGINS))
 	touch $@
 
 install: $(BIN)/.installed

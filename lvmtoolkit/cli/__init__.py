@@ -50,10 +50,10 @@ def cli() -> None:
 
 
 def _register_commands() -> None:
-    from lvmtoolkit.cli import listing, refine, train
+    from lvmtoolkit.cli import gaps, listing, refine, train
     from lvmtoolkit.plugins import load_plugins, pm
 
-    for module in (listing, refine, train):
+    for module in (gaps, listing, refine, train):
         module.register(cli)
     load_plugins()
     pm.hook.register_commands(cli=cli)

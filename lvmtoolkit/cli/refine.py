@@ -18,7 +18,7 @@ from lvmtoolkit.cli.common import (
 )
 
 
-def _parse_int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+def parse_int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
     try:
         numbers = sorted({int(part) for part in value.split(",") if part.strip()})
     except ValueError:
@@ -30,7 +30,7 @@ def _parse_int_list(ctx: click.Context, param: click.Parameter, value: str) -> l
     return numbers
 
 
-def _parse_splits(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+def parse_splits(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
     splits = [part.strip() for part in value.split(",") if part.strip()]
     if not splits:
         raise click.BadParameter("give at least one split, e.g. train,test")
@@ -60,7 +60,7 @@ def register(cli: click.Group) -> None:
     "--steps",
     default="1,10,100,1000",
     show_default=True,
-    callback=_parse_int_list,
+    callback=parse_int_list,
     help="Step counts at which to report the NELBO; the refiner runs to the largest.",
 )
 @data_options
@@ -69,7 +69,7 @@ def register(cli: click.Group) -> None:
     "splits",
     default="train,test",
     show_default=True,
-    callback=_parse_splits,
+    callback=parse_splits,
     help="Comma-separated dataset splits.",
 )
 @click.option(
@@ -151,7 +151,8 @@ def refine(
     results: dict[str, Any] = {}
     for split in splits:
         data = data_source.load(split)
-        x = binarize_fixed(data.images[:num_images]).to(torch_device)
+        images = data.images[:num_images]
+        x = (binarize_fixed(images) if model.binary_data else images).to(torch_device)
         with stderr.status(f"{split}: {refiner} on {x.shape[0]} images"):
             results[split] = nelbo_after_steps(
                 model,

@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
-from torch.distributions import kl_divergence
+from torch.distributions import Independent, Normal, kl_divergence
 
 from lvmtoolkit.errors import LvmError
 
@@ -50,11 +51,23 @@ def _site_log_prob(site: dict[str, Any]) -> torch.Tensor:
     return log_prob
 
 
+def _stop_gradient(fn: Any) -> Any:
+    """The same Normal (or Independent Normal) with its parameters detached; else ``fn``."""
+    base, event_dims = fn, 0
+    if isinstance(fn, Independent):
+        base, event_dims = fn.base_dist, fn.reinterpreted_batch_ndims
+    if type(base) not in (Normal, dist.Normal):
+        return fn
+    detached = dist.Normal(base.loc.detach(), base.scale.detach(), validate_args=False)
+    return detached.to_event(event_dims) if event_dims else detached
+
+
 def per_datapoint_elbo(
     model: Callable[..., Any],
     guide: Callable[..., Any],
     *args: Any,
     analytic_kl: bool = True,
+    stl: bool = False,
     **kwargs: Any,
 ) -> torch.Tensor:
     """One-sample ELBO estimate for each datapoint of a batch.
@@ -65,14 +78,20 @@ def per_datapoint_elbo(
         *args: Arguments passed to both model and guide (usually ``x``).
         analytic_kl: Use the closed-form KL between guide and prior sites where one is
             registered (lower variance); otherwise ``log p(z) - log q(z)`` at the sample.
+        stl: "Sticking the landing": with ``analytic_kl=False``, score ``log q(z)`` with the
+            guide's parameters detached (Normal guide sites). The value is unchanged; the
+            gradient drops a zero-mean term, so its variance vanishes at the true posterior.
         **kwargs: Keyword arguments passed to both model and guide (e.g. ``mask``).
 
     Returns:
         Tensor of shape ``(N,)``: the ELBO estimate of each datapoint (differentiable).
 
     References:
-        Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
+        Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014; Roeder, Wu &
+        Duvenaud, "Sticking the Landing", NeurIPS 2017 (``stl``).
     """
+    if stl and analytic_kl:
+        raise LvmError("stl applies to the Monte-Carlo KL: pass analytic_kl=False with stl=True")
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     # Plates record their subsample indices as sample sites; they carry no density.
@@ -97,6 +116,8 @@ def per_datapoint_elbo(
                 elbo = elbo - _per_datapoint(kl, site)
                 continue
         elbo = elbo + _per_datapoint(_site_log_prob(site), site)
+        if stl:
+            guide_site = {**guide_site, "fn": _stop_gradient(guide_site["fn"])}
         elbo = elbo - _per_datapoint(_site_log_prob(guide_site), guide_site)
     # Guide-only sites (auxiliary variables) enter as -log q.
     for name, site in guide_trace.nodes.items():

@@ -28,9 +28,12 @@ class Model(nn.Module):
         version: Version written into checkpoints.
         config_class: A dataclass holding every architecture setting.
         data_shape: Shape of one datapoint, e.g. ``(1, 28, 28)``.
+        binary_data: True when the likelihood is over binary pixels, so evaluation
+            binarises images with the fixed seed; False to evaluate on grey levels.
     """
 
     name: ClassVar[str] = ""
+    binary_data: ClassVar[bool] = True
     version: ClassVar[str] = "0"
     config_class: ClassVar[type] = object
     data_shape: tuple[int, ...] = ()

@@ -40,8 +40,22 @@ class SVIOptions:
     optimizer: str = option("adam", "torch optimiser", choices=tuple(OPTIMIZERS))
     lr: float = option(1e-3, "learning rate", minimum=0.0, exclusive_minimum=True)
     momentum: float = option(0.0, "momentum (sgd and rmsprop only)", minimum=0.0)
+    schedule: str = option(
+        "constant",
+        "learning-rate schedule over the run: constant, or cosine decay to 0",
+        choices=("constant", "cosine"),
+    )
+    clip_norm: float = option(
+        0.0, "clip each datapoint's gradient to this norm (0: no clipping)", minimum=0.0
+    )
     num_particles: int = option(1, "samples of z per datapoint per step", minimum=1)
     analytic_kl: bool = option(True, "closed-form KL where the guide/prior pair has one")
+    gradient: str = option(
+        "reparam",
+        "gradient estimator: reparam, or stl (sticking the landing: Monte-Carlo KL, "
+        "score term dropped; zero variance at the true posterior)",
+        choices=("reparam", "stl"),
+    )
     chunk_size: int = option(
         1024,
         "datapoints per forward pass (speed and memory; same optimisation, other noise draws)",
@@ -110,7 +124,13 @@ class SVIRefiner(Refiner):
         improved: dict[int, int] = {}
         if on_checkpoint is not None and 0 in checkpoints:
             on_checkpoint(0, best)
-        optimizer = OPTIMIZERS[o.optimizer](list(local.parameters()), o)
+        params = list(local.parameters())
+        optimizer = OPTIMIZERS[o.optimizer](params, o)
+        scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=o.steps)
+            if o.schedule == "cosine" and o.steps
+            else None
+        )
         parts = chunks(n, o.chunk_size)
 
         with frozen(model), seeded(o.seed, x.device), pyro.validation_enabled(False):
@@ -121,9 +141,13 @@ class SVIRefiner(Refiner):
                     finite = torch.isfinite(loss)
                     loss.where(finite, torch.zeros_like(loss)).sum().backward()
                     trace[step - 1, part] = loss.detach().where(finite, math.inf).cpu()
-                for param in local.parameters():
+                for param in params:
                     torch.nan_to_num_(param.grad, nan=0.0, posinf=0.0, neginf=0.0)
+                if o.clip_norm > 0:
+                    _clip_per_datapoint(params, o.clip_norm)
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
                 if step in marks:
                     current = score(local)
                     better = current < best_score
@@ -144,8 +168,17 @@ class SVIRefiner(Refiner):
     ) -> torch.Tensor:
         o = self.options
         total = 0.0
+        stl = o.gradient == "stl"
         for _ in range(o.num_particles):
             total = total - per_datapoint_elbo(
-                model.model, rows, x, mask=mask, analytic_kl=o.analytic_kl
+                model.model, rows, x, mask=mask, analytic_kl=o.analytic_kl and not stl, stl=stl
             )
         return total / o.num_particles
+
+
+def _clip_per_datapoint(params: list[torch.Tensor], max_norm: float) -> None:
+    """Scale each datapoint's gradient (row 0 of every parameter) to norm <= max_norm."""
+    squared = sum(p.grad.flatten(1).pow(2).sum(1) for p in params)
+    factor = (max_norm / (squared.sqrt() + 1e-12)).clamp(max=1.0)
+    for p in params:
+        p.grad.mul_(factor.view(-1, *([1] * (p.grad.dim() - 1))))

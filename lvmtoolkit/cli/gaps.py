@@ -1,0 +1,228 @@
+"""``lvm gaps``: the approximation / amortization gap decomposition per split."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from lvmtoolkit.cli.common import (
+    backend_option,
+    checkpoint_option,
+    data_options,
+    load_model,
+    parse_key_values,
+    runtime_options,
+    stderr,
+)
+from lvmtoolkit.cli.refine import parse_int_list, parse_splits
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(gaps)
+
+
+@click.command()
+@backend_option
+@checkpoint_option
+@click.option(
+    "--refiner",
+    default="svi",
+    show_default=True,
+    help="Refiner that finds q* (it must take a 'steps' option).",
+)
+@click.option(
+    "-o",
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Refiner option, repeatable (see `lvm refiners show NAME`).",
+)
+@click.option(
+    "--steps",
+    default="1,10,100,1000",
+    show_default=True,
+    callback=parse_int_list,
+    help="Step counts at which to report the fraction of the amortization gap closed.",
+)
+@data_options
+@click.option(
+    "--split",
+    "splits",
+    default="test",
+    show_default=True,
+    callback=parse_splits,
+    help="Comma-separated dataset splits.",
+)
+@click.option(
+    "--num-images",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Images per split: the first N of the split.",
+)
+@click.option(
+    "--iwae-samples",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="k of the IWAE-k bound used as log p̂(x).",
+)
+@click.option(
+    "--eval-samples",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Posterior samples per image in each ELBO.",
+)
+@click.option(
+    "--round-steps",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="Stopping rule for q*: steps per round...",
+)
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0),
+    default=0.02,
+    show_default=True,
+    help="...stop when a round gains less than this many nats...",
+)
+@click.option(
+    "--max-steps",
+    type=click.IntRange(min=1),
+    default=10000,
+    show_default=True,
+    help="...or after this many steps in all.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the evaluation noise."
+)
+@runtime_options
+@click.option("--json", "as_json", is_flag=True, help="Write the results as JSON to stdout.")
+def gaps(
+    backend: str,
+    checkpoint: str | None,
+    refiner: str,
+    options: tuple[str, ...],
+    steps: list[int],
+    dataset: str,
+    data_dir: str | None,
+    splits: list[str],
+    num_images: int,
+    iwae_samples: int,
+    eval_samples: int,
+    round_steps: int,
+    tolerance: float,
+    max_steps: int,
+    seed: int,
+    device: str,
+    threads: int | None,
+    as_json: bool,
+) -> None:
+    """Split the inference gap into approximation and amortization gaps.
+
+    For each split reports log p̂(x) (IWAE-k with the optimised posterior q* as proposal),
+    L[q] (ELBO of the encoder's posterior), L[q*] (ELBO after per-datapoint optimisation
+    run until the stopping rule holds), the approximation gap log p̂(x) - L[q*], the
+    amortization gap L[q*] - L[q], and how much of the amortization gap each number of
+    refiner steps closes (Cremer, Li & Duvenaud, ICML 2018). Values are means over images,
+    in nats.
+
+    \b
+    Examples:
+      lvm gaps
+      lvm gaps --backend gmvae --split train,test --num-images 100 --json
+      lvm gaps --dataset mnist --data-dir ../shared/data/mnist --iwae-samples 5000
+    """
+    from lvmtoolkit.core.runtime import resolve_device, set_threads
+    from lvmtoolkit.data import binarize_fixed
+    from lvmtoolkit.errors import OptionError
+    from lvmtoolkit.metrics.gaps import ConvergenceRule, gap_report
+    from lvmtoolkit.plugins import get_dataset, get_refiner
+
+    set_threads(threads)
+    torch_device = resolve_device(device)
+    refiner_class = get_refiner(refiner)
+    values = parse_key_values(options, "--option")
+    if "steps" in values:
+        raise OptionError("steps are set by --steps and the stopping rule, not -o steps=...")
+    if "steps" not in getattr(refiner_class.options_class, "__dataclass_fields__", {}):
+        raise OptionError(f"refiner {refiner!r} takes no steps; q* needs an iterative refiner")
+    refiner_class(steps=1, **values)  # validate the options before the long run
+    rule = ConvergenceRule(round_steps, tolerance, max_steps)
+    data_source = get_dataset(dataset)(data_dir)
+    model, checkpoint = load_model(backend, checkpoint, torch_device)
+
+    results: dict[str, Any] = {}
+    for split in splits:
+        images = data_source.load(split).images[:num_images]
+        x = (binarize_fixed(images) if model.binary_data else images).to(torch_device)
+        with stderr.status(f"{split}: gaps on {x.shape[0]} images"):
+            results[split] = gap_report(
+                model,
+                x,
+                lambda n: refiner_class(steps=n, **values),
+                steps=steps,
+                rule=rule,
+                iwae_samples=iwae_samples,
+                eval_samples=eval_samples,
+                seed=seed,
+                log=lambda line, split=split: stderr.print(f"[dim]{split}: {line}[/dim]"),
+            )
+    report = {
+        "backend": backend,
+        "checkpoint": checkpoint,
+        "dataset": dataset,
+        "refiner": refiner,
+        "options": values,
+        "binarization": "fixed, seed 1234" if model.binary_data else "none (grey levels)",
+        "results": results,
+    }
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    _print(report, splits)
+
+
+def _print(report: dict[str, Any], splits: list[str]) -> None:
+    from rich.table import Table
+
+    table = Table(
+        title=f"Inference gaps: {report['backend']} on {report['dataset']} (nats, mean per image)"
+    )
+    table.add_column("")
+    for split in splits:
+        table.add_column(split, justify="right")
+    rows = [
+        ("log p̂(x) (IWAE)", "log_px"),
+        ("L[q*] optimised", "elbo_optimal"),
+        ("L[q] amortized", "elbo_amortized"),
+        ("approximation gap", "approximation_gap"),
+        ("amortization gap", "amortization_gap"),
+        ("inference gap", "inference_gap"),
+    ]
+    results = report["results"]
+    for label, key in rows:
+        table.add_row(label, *[f"{results[s][key]:.3f}" for s in splits])
+    steps = sorted({int(k) for s in splits for k in results[s]["fraction_closed_at_step"]})
+    for step in steps:
+        table.add_row(
+            f"closed after {step} steps",
+            *[
+                f"{100 * results[s]['fraction_closed_at_step'].get(str(step), 0):.1f}%"
+                for s in splits
+            ],
+        )
+    table.add_row("steps to q*", *[str(results[s]["optimal_steps"]) for s in splits])
+    stderr.print(table)
+    first = results[splits[0]]
+    stderr.print(
+        f"[dim]q*: {report['refiner']} {report['options'] or ''}, stopped: "
+        f"{first['stop_reason']}; IWAE-{first['iwae_samples']}; "
+        f"{first['eval_samples']} samples per ELBO; binarisation: "
+        f"{report['binarization']}.[/dim]"
+    )
