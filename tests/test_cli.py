@@ -122,7 +122,7 @@ def test_listing_commands():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["refine", "--backend", "nope"], "unknown backend 'nope'; installed backends: vae"),
+        (["refine", "--backend", "nope"], "unknown backend 'nope'; installed backends: "),
         (["refine", "--refiner", "nope"], "unknown refiner 'nope'; installed refiners: "),
         (["refine", "--dataset", "nope"], "unknown dataset 'nope'; installed datasets: "),
         (["refine", "--steps", "1,x"], "is not a comma-separated list of integers"),

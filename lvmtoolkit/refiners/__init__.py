@@ -7,12 +7,19 @@ from typing import Any
 
 from lvmtoolkit.hookspecs import hookimpl
 from lvmtoolkit.refiners.amortized import AmortizedRefiner
-from lvmtoolkit.refiners.svi import SVIOptions, SVIRefiner
+from lvmtoolkit.refiners.svi import PaperSVIOptions, PaperSVIRefiner, SVIOptions, SVIRefiner
 
-__all__ = ["AmortizedRefiner", "SVIOptions", "SVIRefiner"]
+__all__ = [
+    "AmortizedRefiner",
+    "PaperSVIOptions",
+    "PaperSVIRefiner",
+    "SVIOptions",
+    "SVIRefiner",
+]
 
 
 @hookimpl
 def register_refiners(register: Callable[[Any], None]) -> None:
     register(AmortizedRefiner)
     register(SVIRefiner)
+    register(PaperSVIRefiner)
