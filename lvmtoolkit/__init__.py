@@ -46,6 +46,17 @@ _LAZY = {
     "nelbo": "lvmtoolkit.metrics",
     "SVIRefiner": "lvmtoolkit.refiners",
     "AmortizedRefiner": "lvmtoolkit.refiners",
+    # adapters: bring your own VAE
+    "TorchVAE": "lvmtoolkit.adapters",
+    "PyroVAE": "lvmtoolkit.adapters",
+    "AdapterError": "lvmtoolkit.adapters",
+    # tasks: Gibbs inpainting and denoising; their metrics
+    "inpaint": "lvmtoolkit.tasks",
+    "denoise": "lvmtoolkit.tasks",
+    "GibbsResult": "lvmtoolkit.tasks",
+    "gibbs_refiner": "lvmtoolkit.tasks",
+    "ssim": "lvmtoolkit.metrics.ssim",
+    "fid": "lvmtoolkit.metrics.fid",
     # registries
     "get_backend": "lvmtoolkit.plugins",
     "get_refiner": "lvmtoolkit.plugins",

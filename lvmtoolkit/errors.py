@@ -35,3 +35,11 @@ class CheckpointError(LvmError):
 
 class DataError(LvmError):
     """A dataset that cannot be found or read, or data of the wrong shape or range."""
+
+
+class ImageError(LvmError):
+    """An image or mask file that is missing, unreadable, of the wrong size, or not writable."""
+
+
+class MetricError(LvmError):
+    """A metric that cannot be computed: missing feature-extractor weights, too few images."""

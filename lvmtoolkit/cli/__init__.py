@@ -44,16 +44,21 @@ def cli() -> None:
     Examples:
       lvm refine                              # bundled VAE, svi, mnist-5k
       lvm refine --steps 1,10,100 --json      # same, as JSON on stdout
+      lvm inpaint digit.png --mask hole.png -o filled.png --refiner svi
       lvm train --backend vae --epochs 20 -o runs/vae
       lvm plugins                             # what is installed
+
+    Every command has --help with its defaults and examples. Documentation (the
+    concepts, all commands, bringing your own VAE, writing plugins): `mkdocs serve` in
+    the repository, or docs/ there.
     """
 
 
 def _register_commands() -> None:
-    from lvmtoolkit.cli import gaps, listing, refine, train
+    from lvmtoolkit.cli import evaluate, gaps, gibbs, listing, refine, train
     from lvmtoolkit.plugins import load_plugins, pm
 
-    for module in (gaps, listing, refine, train):
+    for module in (evaluate, gaps, gibbs, listing, refine, train):
         module.register(cli)
     load_plugins()
     pm.hook.register_commands(cli=cli)

@@ -139,7 +139,7 @@ def gaps(
       lvm gaps --dataset mnist --data-dir ../shared/data/mnist --iwae-samples 5000
     """
     from lvmtoolkit.core.runtime import resolve_device, set_threads
-    from lvmtoolkit.data import binarize_fixed
+    from lvmtoolkit.data import EVAL_BINARIZATION_SEED
     from lvmtoolkit.errors import OptionError
     from lvmtoolkit.metrics.gaps import ConvergenceRule, gap_report
     from lvmtoolkit.plugins import get_dataset, get_refiner
@@ -150,7 +150,7 @@ def gaps(
     values = parse_key_values(options, "--option")
     if "steps" in values:
         raise OptionError("steps are set by --steps and the stopping rule, not -o steps=...")
-    if "steps" not in getattr(refiner_class.options_class, "__dataclass_fields__", {}):
+    if "steps" not in refiner_class.option_names():
         raise OptionError(f"refiner {refiner!r} takes no steps; q* needs an iterative refiner")
     refiner_class(steps=1, **values)  # validate the options before the long run
     rule = ConvergenceRule(round_steps, tolerance, max_steps)
@@ -160,7 +160,7 @@ def gaps(
     results: dict[str, Any] = {}
     for split in splits:
         images = data_source.load(split).images[:num_images]
-        x = (binarize_fixed(images) if model.binary_data else images).to(torch_device)
+        x = model.evaluation_data(images).to(torch_device)
         with stderr.status(f"{split}: gaps on {x.shape[0]} images"):
             results[split] = gap_report(
                 model,
@@ -179,7 +179,9 @@ def gaps(
         "dataset": dataset,
         "refiner": refiner,
         "options": values,
-        "binarization": "fixed, seed 1234" if model.binary_data else "none (grey levels)",
+        "binarization": (
+            f"fixed, seed {EVAL_BINARIZATION_SEED}" if model.binary_data else "none (grey levels)"
+        ),
         "results": results,
     }
     if as_json:

@@ -65,7 +65,17 @@ def plugins(as_json: bool) -> None:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Write the list as JSON to stdout.")
 def backends(as_json: bool) -> None:
-    """List model backends and whether each ships a pretrained checkpoint."""
+    """List model backends and whether each ships a pretrained checkpoint.
+
+    A backend is a model family registered by a plugin; pass its name to `--backend` of
+    `lvm refine`, `lvm train` or `lvm inpaint`. Without a bundled checkpoint, train one
+    with `lvm train` and pass it with `--checkpoint`.
+
+    \b
+    Examples:
+      lvm backends
+      lvm backends --json
+    """
     from lvmtoolkit.plugins import backends as registered
 
     rows = []
@@ -96,7 +106,16 @@ def backends(as_json: bool) -> None:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Write the list as JSON to stdout.")
 def datasets(as_json: bool) -> None:
-    """List datasets and their splits."""
+    """List datasets and their splits.
+
+    Pass a name to `--dataset` of `lvm refine` or `lvm train`. `mnist-5k` is bundled and
+    needs no network; the others download, or read their files from `--data-dir`.
+
+    \b
+    Examples:
+      lvm datasets
+      lvm refine --dataset mnist --data-dir ../shared/data/mnist --split test
+    """
     from lvmtoolkit.plugins import datasets as registered
 
     rows = [
@@ -120,13 +139,27 @@ def datasets(as_json: bool) -> None:
 
 @click.group()
 def refiners() -> None:
-    """List refiners and show their options."""
+    """List refiners and show their options.
+
+    A refiner improves the encoder's posterior of each datapoint (`lvm refine --refiner
+    NAME`); its options are set with `-o KEY=VALUE`.
+
+    \b
+    Examples:
+      lvm refiners list
+      lvm refiners show svi
+    """
 
 
 @refiners.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Write the list as JSON to stdout.")
 def refiners_list(as_json: bool) -> None:
-    """List refiners (pass one with `lvm refine --refiner NAME`)."""
+    """List refiners with the plugin that registered each.
+
+    \b
+    Example:
+      lvm refiners list --json
+    """
     from lvmtoolkit.plugins import refiners as registered
 
     rows = [

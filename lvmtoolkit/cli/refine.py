@@ -128,7 +128,7 @@ def refine(
       lvm refine --dataset mnist --data-dir ../shared/data/mnist --split test
     """
     from lvmtoolkit.core.runtime import resolve_device, set_threads
-    from lvmtoolkit.data import EVAL_BINARIZATION_SEED, binarize_fixed
+    from lvmtoolkit.data import EVAL_BINARIZATION_SEED
     from lvmtoolkit.errors import OptionError
     from lvmtoolkit.metrics import nelbo_after_steps
     from lvmtoolkit.plugins import get_dataset, get_refiner
@@ -139,9 +139,7 @@ def refine(
     values = parse_key_values(options, "--option")
     if "steps" in values:
         raise OptionError("set the number of steps with --steps, not -o steps=...")
-    takes_steps = any(
-        f == "steps" for f in getattr(refiner_class.options_class, "__dataclass_fields__", {})
-    )
+    takes_steps = "steps" in refiner_class.option_names()
     if takes_steps:
         values["steps"] = str(max(steps))
     refiner_obj = refiner_class(**values)
@@ -152,7 +150,7 @@ def refine(
     for split in splits:
         data = data_source.load(split)
         images = data.images[:num_images]
-        x = (binarize_fixed(images) if model.binary_data else images).to(torch_device)
+        x = model.evaluation_data(images).to(torch_device)
         with stderr.status(f"{split}: {refiner} on {x.shape[0]} images"):
             results[split] = nelbo_after_steps(
                 model,
@@ -174,7 +172,11 @@ def refine(
             "metric": "NELBO in nats per image, mean over images (lower is better)",
             "samples_per_nelbo": eval_samples,
             "kl": "closed form where the posterior/prior pair has one, else Monte Carlo",
-            "binarization": f"fixed Bernoulli draw, seed {EVAL_BINARIZATION_SEED}",
+            "binarization": (
+                f"fixed Bernoulli draw, seed {EVAL_BINARIZATION_SEED}"
+                if model.binary_data
+                else "none (grey levels)"
+            ),
             "images": f"first {num_images} of each split",
             "eval_seed": eval_seed,
         },

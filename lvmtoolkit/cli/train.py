@@ -37,7 +37,13 @@ def register(cli: click.Group) -> None:
     show_default=True,
     help="Passes over the training split.",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Images per gradient step.",
+)
 @click.option(
     "--lr",
     type=click.FloatRange(min=0, min_open=True),

@@ -76,9 +76,33 @@ class Model(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         return self.model(x, mask)
 
+    def evaluation_data(self, images: torch.Tensor) -> torch.Tensor:
+        """Images as every evaluation sees them: binarised with the fixed seed when the
+        likelihood is over binary pixels (``binary_data``), else unchanged."""
+        from lvmtoolkit.data.base import binarize_fixed
+
+        return binarize_fixed(images) if self.binary_data else images
+
     def training_loss(self, x: torch.Tensor) -> torch.Tensor:
         """Per-datapoint NELBO under the amortized posterior; training minimises its mean."""
         return -per_datapoint_elbo(self.model, self.amortized_posterior(), x)
+
+    def on_train_step(self, step: int, total_steps: int) -> None:
+        """Called by :func:`~lvmtoolkit.core.training.train` before each step's loss.
+
+        Does nothing by default; override for schedules over training, e.g. KL warm-up.
+
+        Args:
+            step: Index of the coming gradient step, from 0.
+            total_steps: Gradient steps in the whole run.
+        """
+
+    def on_before_optimizer_step(self) -> None:
+        """Called by :func:`~lvmtoolkit.core.training.train` after the backward pass.
+
+        Runs before the optimiser's update; does nothing by default. Override to clip or
+        check gradients.
+        """
 
     @property
     def device(self) -> torch.device:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -55,6 +56,11 @@ class Refiner:
 
     def __init__(self, **options: Any):
         self.options = parse_options(self.options_class, options)
+
+    @classmethod
+    def option_names(cls) -> set[str]:
+        """Names of the options this refiner takes (e.g. to check for ``steps``)."""
+        return {f.name for f in dataclasses.fields(cls.options_class)}
 
     def refine(
         self,

@@ -31,7 +31,9 @@ def train(
 ) -> dict[str, Any]:
     """Train encoder and decoder jointly by minimising the NELBO (Adam).
 
-    Images are binarised afresh for every batch (dynamic binarisation).
+    Images are binarised afresh for every batch (dynamic binarisation). The model's
+    ``on_train_step`` and ``on_before_optimizer_step`` hooks run around each step (KL
+    warm-up, gradient clipping).
 
     Args:
         model: The model; trained in place.
@@ -51,6 +53,7 @@ def train(
         )
     device = model.device
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    total_steps = epochs * math.ceil(images.shape[0] / batch_size)
     start = time.perf_counter()
     steps = 0
     mean_loss = math.nan
@@ -61,6 +64,7 @@ def train(
             total, count = 0.0, 0
             for begin in range(0, images.shape[0], batch_size):
                 batch = binarize_dynamic(images[order[begin : begin + batch_size]].to(device))
+                model.on_train_step(steps, total_steps)
                 loss = model.training_loss(batch).mean()
                 if not torch.isfinite(loss):
                     raise LvmError(
@@ -68,6 +72,7 @@ def train(
                     )
                 optimizer.zero_grad()
                 loss.backward()
+                model.on_before_optimizer_step()
                 optimizer.step()
                 total += loss.item() * batch.shape[0]
                 count += batch.shape[0]

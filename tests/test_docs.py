@@ -1,0 +1,98 @@
+"""Meta-tests that keep the docs and the CLI honest (as datasette has them).
+
+Every hook is documented in the plugin tutorial with its exact signature, every hook has a
+test named after it, and every `lvm` command's help says what it does, with an example.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+from lvmtoolkit import hookspecs
+
+ROOT = Path(__file__).parent.parent
+TUTORIAL = ROOT / "docs" / "plugins" / "tutorial.md"
+HOOKS = sorted(
+    name
+    for name, value in vars(hookspecs).items()
+    if inspect.isfunction(value) and hasattr(value, "lvmtoolkit_spec")
+)
+
+
+def exact_signature(name: str) -> str:
+    """``def name(arg: Annotation, ...) -> Return: ...`` as written in hookspecs.py."""
+    function = getattr(hookspecs, name)
+    annotations = function.__annotations__  # strings: hookspecs uses postponed annotations
+    params = ", ".join(f"{p}: {annotations[p]}" for p in inspect.signature(function).parameters)
+    return f"def {name}({params}) -> {annotations['return']}: ..."
+
+
+def test_hookspecs_are_found():
+    assert HOOKS == [
+        "register_backends",
+        "register_commands",
+        "register_datasets",
+        "register_refiners",
+    ]
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_is_documented_with_its_exact_signature(hook):
+    text = TUTORIAL.read_text()
+    assert re.search(rf"^## .*\{{#{hook}\}}$", text, re.MULTILINE), f"no section for {hook}"
+    assert f"```python\n{exact_signature(hook)}\n```" in text, exact_signature(hook)
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_has_a_test_named_after_it(hook):
+    pattern = re.compile(rf"^def test_{hook}\b", re.MULTILINE)
+    assert any(pattern.search(path.read_text()) for path in (ROOT / "tests").rglob("test_*.py"))
+
+
+def _commands(command: click.Command, path: str):
+    yield path, command
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from _commands(sub, f"{path} {name}")
+
+
+def _core_commands():
+    from lvmtoolkit.cli import cli
+
+    return [
+        (path, command)
+        for path, command in _commands(cli, "lvm")
+        # Commands of entry-point plugins are their authors' to word.
+        if command.callback is None or command.callback.__module__.startswith("lvmtoolkit")
+    ]
+
+
+@pytest.mark.parametrize(("path", "command"), _core_commands(), ids=lambda v: str(v))
+def test_every_command_help_fits_a_newcomer(path, command):
+    text = command.help or ""
+    summary = text.strip().splitlines()[0] if text.strip() else ""
+    assert summary.endswith("."), f"{path}: the first line should say what it does"
+    if not isinstance(command, click.Group) or path == "lvm":
+        assert re.search(r"^\s*Examples?:$", text, re.MULTILINE), f"{path}: no example"
+    for param in command.params:
+        if isinstance(param, click.Option) and not param.hidden:
+            assert param.help, f"{path} {param.opts[0]}: option without help"
+            takes_value = not param.is_flag and not param.multiple and not param.required
+            if takes_value and param.default is not None:
+                assert param.show_default, f"{path} {param.opts[0]}: default not shown"
+
+
+def test_gaps_figure_script_draws_the_figure(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "gaps.png"
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gaps_figure.py"), "--out", str(out)], check=True
+    )
+    assert out.read_bytes().startswith(b"\x89PNG")
