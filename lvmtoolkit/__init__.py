@@ -46,6 +46,8 @@ _LAZY = {
     "nelbo": "lvmtoolkit.metrics",
     "SVIRefiner": "lvmtoolkit.refiners",
     "AmortizedRefiner": "lvmtoolkit.refiners",
+    "PaperSVIRefiner": "lvmtoolkit.refiners",
+    "SVIFlowRefiner": "lvmtoolkit.refiners",
     # adapters: bring your own VAE
     "TorchVAE": "lvmtoolkit.adapters",
     "PyroVAE": "lvmtoolkit.adapters",

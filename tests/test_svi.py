@@ -176,12 +176,12 @@ def test_cosine_schedule_and_clipping_and_stl_run(tiny_vae, digits):
 
 
 def test_per_datapoint_clipping_bounds_each_row():
-    from lvmtoolkit.refiners.svi import _clip_per_datapoint
+    from lvmtoolkit.refiners.svi import clip_per_datapoint
 
     loc = torch.zeros(3, 2, requires_grad=True)
     scale = torch.zeros(3, 2, requires_grad=True)
     loc.grad = torch.tensor([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0]])
     scale.grad = torch.zeros(3, 2)
-    _clip_per_datapoint([loc, scale], 1.0)
+    clip_per_datapoint([loc, scale], 1.0)
     assert torch.allclose(loc.grad[0], torch.tensor([0.6, 0.8]))
     assert torch.allclose(loc.grad[1], torch.tensor([0.3, 0.4]))  # already below the bound

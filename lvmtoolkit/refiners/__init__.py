@@ -7,14 +7,27 @@ from typing import Any
 
 from lvmtoolkit.hookspecs import hookimpl
 from lvmtoolkit.refiners.amortized import AmortizedRefiner
+from lvmtoolkit.refiners.local import (
+    LocalFlowPosterior,
+    LocalPosterior,
+    SupportsLocalPosterior,
+    make_local_posterior,
+)
 from lvmtoolkit.refiners.svi import PaperSVIOptions, PaperSVIRefiner, SVIOptions, SVIRefiner
+from lvmtoolkit.refiners.svi_flow import SVIFlowOptions, SVIFlowRefiner
 
 __all__ = [
     "AmortizedRefiner",
+    "LocalFlowPosterior",
+    "LocalPosterior",
     "PaperSVIOptions",
     "PaperSVIRefiner",
+    "SVIFlowOptions",
+    "SVIFlowRefiner",
     "SVIOptions",
     "SVIRefiner",
+    "SupportsLocalPosterior",
+    "make_local_posterior",
 ]
 
 
@@ -23,3 +36,4 @@ def register_refiners(register: Callable[[Any], None]) -> None:
     register(AmortizedRefiner)
     register(SVIRefiner)
     register(PaperSVIRefiner)
+    register(SVIFlowRefiner)

@@ -23,6 +23,7 @@ from lvmtoolkit.core.posterior import LocalGaussianPosterior, Posterior
 from lvmtoolkit.core.refiner import CheckpointCallback, Refiner, RefineResult, check_batch
 from lvmtoolkit.core.runtime import chunks, frozen, mask_rows, seeded
 from lvmtoolkit.metrics.nelbo import nelbo
+from lvmtoolkit.refiners.local import STRUCTURES, make_local_posterior
 
 OPTIMIZERS = {
     "adam": lambda params, o: torch.optim.Adam(params, lr=o.lr),
@@ -48,6 +49,20 @@ class SVIOptions:
     optimizer: str = option("adam", "torch optimiser", choices=tuple(OPTIMIZERS))
     lr: float = option(5e-2, "learning rate", minimum=0.0, exclusive_minimum=True)
     momentum: float = option(0.0, "momentum (sgd and rmsprop only)", minimum=0.0)
+    lr_scaling: str = option(
+        "dimension",
+        "dimension: divide the rate of each latent site's parameters by sqrt(D / 10) for a "
+        "site of D > 10 dimensions (noise-driven drift costs KL in proportion to D * lr^2); "
+        "none: lr for all",
+        choices=("dimension", "none"),
+    )
+    structure: str = option(
+        "hierarchical",
+        "hierarchical: a posterior that has a per-datapoint form of its own keeps its "
+        "dependence between latent groups (NVAE: offsets to the encoder's residual "
+        "parameters); mean-field: independent per-datapoint Gaussians per site",
+        choices=STRUCTURES,
+    )
     schedule: str = option(
         "cosine",
         "learning-rate schedule over the run: constant, or cosine decay to 0",
@@ -61,7 +76,8 @@ class SVIOptions:
     gradient: str = option(
         "stl",
         "gradient estimator: reparam, or stl (sticking the landing: Monte-Carlo KL, "
-        "score term dropped; zero variance at the true posterior)",
+        "score term dropped; zero variance at the true posterior; mean-field posteriors "
+        "only, others use reparam)",
         choices=("reparam", "stl"),
     )
     chunk_size: int = option(
@@ -124,7 +140,10 @@ class SVIRefiner(Refiner):
             )
 
         with frozen(model):
-            local = LocalGaussianPosterior.from_posterior(init, x)
+            local = self._make_local(init, x)
+        # STL detaches each guide site's parameters; that is only the score term when they
+        # do not depend on other latents, i.e. for independent per-datapoint Gaussians.
+        stl = o.gradient == "stl" and isinstance(local, LocalGaussianPosterior)
         best = local.select(slice(None))
         best_score = score(best)
         trace = torch.empty(o.steps, n)
@@ -132,8 +151,8 @@ class SVIRefiner(Refiner):
         improved: dict[int, int] = {}
         if on_checkpoint is not None and 0 in checkpoints:
             on_checkpoint(0, best)
-        params = list(local.parameters())
-        optimizer = OPTIMIZERS[o.optimizer](params, o)
+        params = [p for p in local.parameters() if p.requires_grad]
+        optimizer = OPTIMIZERS[o.optimizer](self._param_groups(local, params), o)
         scheduler = (
             torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=o.steps)
             if o.schedule == "cosine" and o.steps
@@ -145,14 +164,17 @@ class SVIRefiner(Refiner):
             for step in range(1, o.steps + 1):
                 optimizer.zero_grad(set_to_none=False)
                 for part in parts:
-                    loss = self._loss(model, local.rows(part), x[part], mask_rows(mask, part, x))
+                    loss = self._loss(
+                        model, local.rows(part), x[part], mask_rows(mask, part, x), stl
+                    )
                     finite = torch.isfinite(loss)
                     loss.where(finite, torch.zeros_like(loss)).sum().backward()
                     trace[step - 1, part] = loss.detach().where(finite, math.inf).cpu()
                 for param in params:
-                    torch.nan_to_num_(param.grad, nan=0.0, posinf=0.0, neginf=0.0)
+                    if param.grad is not None:
+                        torch.nan_to_num_(param.grad, nan=0.0, posinf=0.0, neginf=0.0)
                 if o.clip_norm > 0:
-                    _clip_per_datapoint(params, o.clip_norm)
+                    clip_per_datapoint(params, o.clip_norm)
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
@@ -171,12 +193,25 @@ class SVIRefiner(Refiner):
             info={"selection_nelbo": best_score, "datapoints_improved_at": improved},
         )
 
+    def _make_local(self, init: Posterior, x: torch.Tensor) -> Posterior:
+        """The per-datapoint posterior to optimise, starting equal to ``init`` at ``x``."""
+        o = self.options
+        return make_local_posterior(init, x, structure=o.structure, num_flows=0, seed=o.seed)
+
+    def _param_groups(self, local: Posterior, params: list[torch.Tensor]) -> list[dict]:
+        """One learning rate per tensor: ``lr``, scaled by the size of its latent site."""
+        return rate_groups(params, {}, self.options)
+
     def _loss(
-        self, model: Model, rows: Posterior, x: torch.Tensor, mask: torch.Tensor | None
+        self,
+        model: Model,
+        rows: Posterior,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        stl: bool = False,
     ) -> torch.Tensor:
         o = self.options
         total = 0.0
-        stl = o.gradient == "stl"
         for _ in range(o.num_particles):
             total = total - per_datapoint_elbo(
                 model.model, rows, x, mask=mask, analytic_kl=o.analytic_kl and not stl, stl=stl
@@ -210,9 +245,39 @@ class PaperSVIRefiner(SVIRefiner):
     options_class = PaperSVIOptions
 
 
-def _clip_per_datapoint(params: list[torch.Tensor], max_norm: float) -> None:
-    """Scale each datapoint's gradient (row 0 of every parameter) to norm <= max_norm."""
-    squared = sum(p.grad.flatten(1).pow(2).sum(1) for p in params)
-    factor = (max_norm / (squared.sqrt() + 1e-12)).clamp(max=1.0)
+REFERENCE_DIMENSION = 10
+"""Latent dimension at which ``lr`` applies unscaled: the VAE's, where the recipe was tuned."""
+
+
+def dimension_scale(dimension: int) -> float:
+    """``min(1, sqrt(10 / D))``: the rate factor of a latent site of D dimensions.
+
+    Adam moves every coordinate by about ``lr`` per step, also where the gradient is pure
+    noise (inactive dimensions, which an NVAE has by the thousand); the KL this drift adds
+    grows like ``D * lr**2``, so dividing the rate by ``sqrt(D / 10)`` makes a site of any
+    size pay what a 10-dimensional one does.
+    """
+    return min(1.0, math.sqrt(REFERENCE_DIMENSION / max(dimension, 1)))
+
+
+def rate_groups(
+    params: list[torch.Tensor], factors: dict[int, tuple[float, int]], o: SVIOptions
+) -> list[dict]:
+    """Optimiser parameter groups: ``lr`` times ``factors[id(p)][0]`` (default 1), times
+    :func:`dimension_scale` of the tensor's site dimension (``factors[id(p)][1]``, default the
+    size of one row) when ``o.lr_scaling == "dimension"``."""
+    groups: dict[float, list[torch.Tensor]] = {}
     for p in params:
-        p.grad.mul_(factor.view(-1, *([1] * (p.grad.dim() - 1))))
+        factor, dimension = factors.get(id(p), (1.0, p[0].numel()))
+        scale = dimension_scale(dimension) if o.lr_scaling == "dimension" else 1.0
+        groups.setdefault(o.lr * factor * scale, []).append(p)
+    return [{"params": group, "lr": rate} for rate, group in groups.items()]
+
+
+def clip_per_datapoint(params: list[torch.Tensor], max_norm: float) -> None:
+    """Scale each datapoint's gradient (row ``i`` of every parameter) to norm <= max_norm."""
+    grads = [p.grad for p in params if p.grad is not None]
+    squared = sum(g.flatten(1).pow(2).sum(1) for g in grads)
+    factor = (max_norm / (squared.sqrt() + 1e-12)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(factor.view(-1, *([1] * (g.dim() - 1))))

@@ -1,0 +1,343 @@
+"""The NVAE backend: structure, training aids, checkpoints, and refinement on it."""
+
+import json
+
+import pyro
+import pyro.poutine as poutine
+import pytest
+import torch
+from click.testing import CliRunner
+from lvm_nvae.model import NVAE, NVAEConfig, NVAEFlow, NVAEFlowConfig
+from lvm_nvae.posterior import NVAELocalPosterior, NVAEPosterior
+
+from lvmtoolkit.cli import cli
+from lvmtoolkit.core.checkpoint import load_checkpoint, save_checkpoint
+from lvmtoolkit.core.elbo import DATA_PLATE, per_datapoint_elbo
+from lvmtoolkit.core.runtime import frozen
+from lvmtoolkit.core.training import train
+from lvmtoolkit.errors import CheckpointError
+from lvmtoolkit.metrics import iwae_bound, nelbo
+from lvmtoolkit.plugins import get_backend
+from lvmtoolkit.refiners import SVIFlowRefiner, SVIRefiner, make_local_posterior
+
+TINY = dict(
+    channels=(8, 8, 8),
+    groups_per_scale=(1, 1),
+    latent_channels=2,
+    preprocess_cells=0,
+    flow_hidden=4,
+)
+
+
+def tiny(cls=NVAE, seed=0, **overrides):
+    torch.manual_seed(seed)
+    config_class = NVAEFlowConfig if cls is NVAEFlow else NVAEConfig
+    return cls(config_class(**{**TINY, **overrides}))
+
+
+@pytest.fixture(scope="session", params=[NVAE, NVAEFlow], ids=["nvae", "nvae-flow"])
+def trained(request, mnist5k_test_images):
+    """A tiny NVAE (with and without flows) trained briefly on 512 real digits."""
+    model = tiny(request.param)
+    train(model, mnist5k_test_images[-512:], epochs=6, batch_size=64, lr=3e-3, seed=0)
+    return model.eval()
+
+
+def test_both_backends_are_registered():
+    assert get_backend("nvae") is NVAE
+    assert get_backend("nvae-flow") is NVAEFlow
+    assert NVAEFlow().config.num_flows == 2 and NVAE().config.num_flows == 0
+
+
+def test_default_config_has_groups_at_two_scales():
+    model = NVAE()
+    assert model.latent_shapes == {
+        "z1": (8, 7, 7),
+        "z2": (8, 7, 7),
+        "z3": (8, 14, 14),
+        "z4": (8, 14, 14),
+    }
+
+
+@pytest.mark.parametrize("cls", [NVAE, NVAEFlow])
+def test_every_group_is_a_site_in_the_data_plate(cls, digits):
+    model = tiny(cls, groups_per_scale=(2, 1)).eval()
+    x = digits[:5]
+    model_trace = poutine.trace(model.model).get_trace(x)
+    guide_trace = poutine.trace(model.amortized_posterior()).get_trace(x)
+    for name, shape in model.latent_shapes.items():
+        for trace in (model_trace, guide_trace):
+            site = trace.nodes[name]
+            assert any(f.name == DATA_PLATE for f in site["cond_indep_stack"])
+            assert site["fn"].batch_shape == (5,) and site["fn"].event_shape == shape
+            assert site["value"].shape == (5, *shape)
+    assert model_trace.nodes["x"]["is_observed"]
+    assert list(model.latent_shapes) == ["z1", "z2", "z3"]
+
+
+def test_sample_prior_and_decode_shapes():
+    model = tiny(groups_per_scale=(2, 1)).eval()
+    z = model.sample_prior(3)
+    assert {k: tuple(v.shape[1:]) for k, v in z.items()} == model.latent_shapes
+    likelihood = model.decode(z)
+    assert likelihood.batch_shape == (3,) and likelihood.event_shape == (1, 28, 28)
+    assert likelihood.sample().unique().tolist() in ([0.0, 1.0], [0.0], [1.0])
+
+
+@pytest.mark.parametrize("cls", [NVAE, NVAEFlow])
+def test_training_loss_is_the_pyro_nelbo_once_warm(cls, digits):
+    """One pass through the shared top-down path gives per_datapoint_elbo's value."""
+    model = tiny(cls).eval()
+    if cls is NVAEFlow:
+        with torch.no_grad():  # a fresh flow is the identity; make it do something
+            for cell in (c for cells in model.flows for c in cells):
+                cell.w2.normal_(0, 0.1)
+    pyro.set_rng_seed(4)
+    fused = model.training_loss(digits)
+    pyro.set_rng_seed(4)
+    traced = -per_datapoint_elbo(model.model, model.amortized_posterior(), digits)
+    assert fused.shape == (digits.shape[0],)
+    assert torch.allclose(fused, traced, rtol=1e-5, atol=1e-3)
+
+
+def test_kl_warmup_and_balance(digits):
+    model = tiny(kl_warmup=0.5, kl_min=0.01).eval()
+    model.on_train_step(0, 100)
+    assert model.kl_weight == pytest.approx(0.02)
+    pyro.set_rng_seed(0)
+    warming = model.training_loss(digits)
+    model.on_train_step(49, 100)
+    assert model.kl_weight == 1.0
+    pyro.set_rng_seed(0)
+    warm = model.training_loss(digits)
+    assert (warming < warm).all()  # a down-weighted KL
+    kls = torch.tensor([[1.0, 100.0], [3.0, 300.0]])
+    model.kl_weight = 0.5
+    balanced = model._weighted_kl(kls)
+    model.config.kl_balance = False
+    assert torch.allclose(model._weighted_kl(kls), 0.5 * kls.sum(1))
+    assert not torch.allclose(balanced, 0.5 * kls.sum(1))
+
+
+def test_gradient_clipping_and_skipping(digits):
+    model = tiny(grad_clip=1.0)
+    model.training_loss(digits).mean().backward()
+    model.on_before_optimizer_step()
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert norm <= 1.0 + 1e-4
+    next(model.parameters()).grad[0] = float("nan")
+    model.on_before_optimizer_step()
+    assert all(torch.count_nonzero(p.grad) == 0 for p in model.parameters())
+
+
+def test_train_calls_the_hooks(mnist5k_test_images):
+    model = tiny(kl_warmup=1.0)
+    seen = []
+    original = model.on_train_step
+    model.on_train_step = lambda step, total: (seen.append((step, total)), original(step, total))
+    summary = train(model, mnist5k_test_images[:64], epochs=2, batch_size=32, seed=0)
+    assert seen == [(0, 4), (1, 4), (2, 4), (3, 4)]
+    assert model.kl_weight == 1.0 and summary["steps"] == 4
+    assert torch.isfinite(torch.tensor(summary["final_train_nelbo"]))
+
+
+def test_the_posterior_is_residual_to_the_prior(digits):
+    """Zero residual heads: q(z_l | z_<l, x) is the prior of every group below the top."""
+    model = tiny(groups_per_scale=(2, 1)).eval()
+    with torch.no_grad():
+        for head in model.posterior_heads:
+            head[-1].weight.zero_()
+            head[-1].bias.zero_()
+    guide_trace = poutine.trace(model.amortized_posterior()).get_trace(digits)
+    model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(digits)
+    for name in model.latent_shapes:
+        q, p = guide_trace.nodes[name]["fn"].base_dist, model_trace.nodes[name]["fn"].base_dist
+        assert torch.allclose(q.loc, p.loc) and torch.allclose(q.scale, p.scale)
+
+
+def test_encoder_top_down_path_is_the_decoders(digits):
+    """The posterior's parameters depend on the decoder's (shared) top-down weights."""
+    model = tiny(groups_per_scale=(2, 1)).eval()
+    guide_trace = poutine.trace(model.amortized_posterior()).get_trace(digits)
+    guide_trace.nodes["z3"]["fn"].base_dist.loc.sum().backward()
+    for module in (model.between, model.prior_heads, model.merge):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+
+def test_batch_norm_uses_running_statistics_when_frozen(digits):
+    """Frozen (as refiners and metrics run it), a datapoint's output ignores its batch."""
+    model = tiny()
+    model.train()
+    model.training_loss(digits)  # move the running statistics away from their start
+    z = model.sample_prior(4)
+    one = {k: v[:1] for k, v in z.items()}
+
+    def logits(latents):
+        return model.decode(latents).base_dist.logits[0]
+
+    assert not torch.allclose(logits(one), logits(z))  # training mode: batch statistics
+    with frozen(model):
+        assert torch.allclose(logits(one), logits(z), atol=1e-5)
+    assert model.training  # frozen() restored the mode
+
+
+@pytest.mark.parametrize("cls", [NVAE, NVAEFlow])
+def test_checkpoint_round_trip(cls, tmp_path, digits):
+    model = tiny(cls).eval()
+    path = save_checkpoint(model, tmp_path / "ckpt", training={"steps": 0})
+    loaded = load_checkpoint(path, backend=cls.name)
+    assert type(loaded) is cls and loaded.config == model.config
+    before = nelbo(model, model.amortized_posterior(), digits, num_samples=2, seed=1)
+    after = nelbo(loaded, loaded.amortized_posterior(), digits, num_samples=2, seed=1)
+    assert torch.equal(before, after)
+    info = json.loads((path / "config.json").read_text())
+    assert info["backend"] == cls.name and info["config"]["num_flows"] == model.config.num_flows
+
+
+def test_config_is_validated():
+    with pytest.raises(CheckpointError, match="channels needs 3"):
+        NVAEConfig(channels=(8, 8))
+    with pytest.raises(CheckpointError, match="divisible by 8"):
+        NVAEConfig(groups_per_scale=(1, 1, 1), channels=(8, 8, 8, 8))
+
+
+def test_default_checkpoints_are_looked_for_in_the_package():
+    for cls, name in ((NVAE, "nvae-mnist-5k"), (NVAEFlow, "nvae-flow-mnist-5k")):
+        path = cls.default_checkpoint()
+        assert path is None or (path.name == name and (path / "model.safetensors").is_file())
+
+
+def test_gaussian_params_summarise_the_posterior_on_its_mean_path(digits):
+    model = tiny().eval()
+    posterior = model.amortized_posterior()
+    assert isinstance(posterior, NVAEPosterior)
+    params = posterior.gaussian_params(digits)
+    top = poutine.trace(posterior).get_trace(digits).nodes["z1"]["fn"].base_dist
+    assert torch.allclose(params["z1"][0], top.loc) and torch.allclose(params["z1"][1], top.scale)
+    assert set(params) == set(model.latent_shapes)
+
+
+# --- refinement --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_flows", [0, 2])
+def test_hierarchical_local_posterior_starts_at_the_amortized_one(trained, digits, num_flows):
+    with frozen(trained):
+        local = make_local_posterior(trained.amortized_posterior(), digits, num_flows=num_flows)
+    assert isinstance(local, NVAELocalPosterior)
+    amortized = nelbo(trained, trained.amortized_posterior(), digits, num_samples=4, seed=2)
+    start = nelbo(trained, local, digits, num_samples=4, seed=2)
+    if num_flows == 0 or trained.has_flows:  # same family: same noise, same numbers
+        assert torch.allclose(start, amortized, atol=1e-3)
+    for name, tensor in local.per_datapoint_tensors():
+        assert tensor.shape[0] == digits.shape[0], name
+
+
+@pytest.mark.parametrize("num_flows", [0, 2], ids=["svi", "svi-flow"])
+def test_refinement_lowers_every_datapoints_nelbo(trained, digits, num_flows):
+    x = digits[:16]
+    result = SVIFlowRefiner(steps=60, num_flows=num_flows).refine(trained, x)
+    # Monte-Carlo KL for both: flow posteriors have no closed form, and the same estimator
+    # with the same noise makes the per-datapoint comparison a paired one.
+    score = dict(num_samples=64, seed=9, analytic_kl=False)
+    amortized = nelbo(trained, trained.amortized_posterior(), x, **score)
+    refined = nelbo(trained, result.posterior, x, **score)
+    assert isinstance(result.posterior, NVAELocalPosterior)
+    assert (refined < amortized).all(), (refined - amortized).max()
+
+
+def test_mean_field_variant_keeps_the_best_of_its_start(trained, digits):
+    x = digits[:16]
+    refiner = SVIFlowRefiner(steps=20, num_flows=0, structure="mean-field")
+    result = refiner.refine(trained, x)
+    with frozen(trained):
+        start = make_local_posterior(trained.amortized_posterior(), x, structure="mean-field")
+    start_score = nelbo(trained, start, x, num_samples=16, seed=refiner.options.seed + 7919)
+    assert (result.info["selection_nelbo"] <= start_score + 1e-4).all()
+    assert type(result.posterior).__name__ == "LocalGaussianPosterior"
+
+
+def test_refiners_never_return_nan_and_keep_the_start(trained, digits):
+    x = digits[:8]
+    refiner = SVIFlowRefiner(steps=4, lr=1e4, select_samples=4)
+    result = refiner.refine(trained, x)
+    for tensor in result.posterior.parameters():
+        assert torch.isfinite(tensor).all()
+    with frozen(trained):
+        start = make_local_posterior(trained.amortized_posterior(), x, num_flows=2)
+    start_score = nelbo(trained, start, x, num_samples=4, seed=refiner.options.seed + 7919)
+    assert (result.info["selection_nelbo"] <= start_score + 1e-3).all()
+    svi = SVIRefiner(steps=4, lr=1e4, select_samples=4).refine(trained, x)
+    assert all(torch.isfinite(t).all() for t in svi.posterior.parameters())
+
+
+def test_refinement_leaves_the_model_untouched(trained, digits):
+    state = {k: v.clone() for k, v in trained.state_dict().items()}
+    SVIFlowRefiner(steps=3, lr=0.05).refine(trained, digits[:4])
+    for name, value in trained.state_dict().items():
+        assert torch.equal(value, state[name]), name
+    assert not trained.training
+
+
+def test_per_datapoint_flows_copy_the_models_own(trained, digits):
+    with frozen(trained):
+        local = make_local_posterior(trained.amortized_posterior(), digits[:4], num_flows=1)
+    expected = trained.config.num_flows if trained.has_flows else 1
+    assert all(len(cells) == expected for cells in local.flows.values())
+
+
+def test_iwae_bound_of_a_refined_nvae_posterior(trained, digits):
+    x = digits[:4]
+    posterior = SVIFlowRefiner(steps=5, lr=0.02).refine(trained, x).posterior
+    bound = iwae_bound(trained, posterior, x, num_samples=8)
+    elbo = -nelbo(trained, posterior, x, num_samples=8, analytic_kl=False)
+    assert torch.isfinite(bound).all() and bound.mean() > elbo.mean()
+
+
+@pytest.mark.slow
+def test_cli_trains_and_refines_the_nvae(tmp_path):
+    config = ["-c", "channels=[8,8,8]", "-c", "groups_per_scale=[1,1]", "-c", "latent_channels=2"]
+    out = tmp_path / "nvae"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--backend",
+            "nvae",
+            *config,
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+            "--eval-split",
+            "",
+            "-o",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(
+        cli,
+        [
+            "refine",
+            "--backend",
+            "nvae",
+            "--checkpoint",
+            str(out),
+            "--refiner",
+            "svi-flow",
+            "--steps",
+            "1,2",
+            "--num-images",
+            "4",
+            "--eval-samples",
+            "2",
+            "--split",
+            "test",
+            "--threads",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "nvae, svi-flow" in result.stderr and "amortized" in result.stderr
+    assert "NELBO test" in result.stderr and "step 2: NELBO" in result.stderr
