@@ -78,3 +78,16 @@ def test_unknown_backend_in_checkpoint(tiny_vae, tmp_path):
     (folder / "config.json").write_text(json.dumps(info))
     with pytest.raises(KeyError, match="unknown backend 'martian'"):
         load_checkpoint(folder)
+
+
+def test_checkpoint_files_get_the_usual_mode(tiny_vae, tmp_path):
+    """Package data must be readable by others: not the 0600 of a temporary file."""
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        folder = save_checkpoint(tiny_vae, tmp_path / "ckpt")
+    finally:
+        os.umask(umask)
+    for name in ("model.safetensors", "config.json"):
+        assert (folder / name).stat().st_mode & 0o777 == 0o644

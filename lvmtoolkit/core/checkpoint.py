@@ -47,9 +47,10 @@ def _atomic_write(path: Path, write: Any) -> None:
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
     try:
         write(tmp)
+        # mkstemp (and safetensors, which recreates the file) make 0600: use the usual mode
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
