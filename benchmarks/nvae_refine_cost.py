@@ -4,10 +4,10 @@ Measures, all in one process on the same batch of digits:
 
 * ``amortized``: one posterior sample and its ELBO per image (encoder, top-down path and
   likelihood; no gradient), the cost of amortized inference,
-* ``svi (mean-field)``: the registered ``svi`` refiner (independent per-datapoint
+* ``svi (mean-field)``: ``svi -o structure=mean-field`` (independent per-datapoint
   Gaussians per group, started from the posterior's mean-field summary),
-* ``svi (hierarchical)``: ``svi-flow`` with ``num_flows=0``: per-datapoint offsets to the
-  encoder's residual parameters, top-down structure kept,
+* ``svi (hierarchical)``: the default ``svi``: per-datapoint offsets to the encoder's
+  residual parameters, top-down structure kept,
 * ``svi-flow``: per-datapoint offsets plus per-datapoint flow weights (two identity-started
   IAF steps per group, or copies of the model's own flow for ``--backend nvae-flow``),
 
@@ -86,8 +86,8 @@ def main() -> None:
     n, k = x.shape[0], args.steps
     # The same selection cost for every refiner: 2 samples to keep the best per datapoint.
     refiners: dict[str, Callable[[int], Refiner]] = {
-        "svi (mean-field)": lambda s: SVIRefiner(steps=s, select_samples=2),
-        "svi (hierarchical)": lambda s: SVIFlowRefiner(steps=s, num_flows=0, select_samples=2),
+        "svi (mean-field)": lambda s: SVIRefiner(steps=s, structure="mean-field", select_samples=2),
+        "svi (hierarchical)": lambda s: SVIRefiner(steps=s, select_samples=2),
         "svi-flow": lambda s: SVIFlowRefiner(steps=s, select_samples=2),
     }
     per_image: dict[str, list[float]] = {"amortized": [], **{name: [] for name in refiners}}
