@@ -271,10 +271,10 @@ def make_local_posterior(
             f"{type(init).__name__} is neither a Gaussian posterior nor one with a "
             "local_posterior method; per-datapoint refinement cannot start from it"
         )
+    if num_flows == 0:
+        return LocalGaussianPosterior.from_posterior(init, x)
     with torch.no_grad():
         params = {
             k: (loc.detach(), scale.detach()) for k, (loc, scale) in init.gaussian_params(x).items()
         }
-    if num_flows == 0:
-        return LocalGaussianPosterior(params)
     return LocalFlowPosterior(params, num_flows, flow_hidden, seed)
