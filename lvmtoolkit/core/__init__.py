@@ -12,7 +12,7 @@ from lvmtoolkit.core.posterior import (
     Posterior,
 )
 from lvmtoolkit.core.refiner import CheckpointCallback, Refiner, RefineResult
-from lvmtoolkit.core.runtime import frozen, resolve_device, seeded, set_threads
+from lvmtoolkit.core.runtime import frozen, resolve_device, seeded, set_threads, stream_seed
 from lvmtoolkit.core.training import train
 
 __all__ = [
@@ -38,5 +38,6 @@ __all__ = [
     "save_checkpoint",
     "seeded",
     "set_threads",
+    "stream_seed",
     "train",
 ]

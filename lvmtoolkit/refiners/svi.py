@@ -21,7 +21,7 @@ from lvmtoolkit.core.model import Model
 from lvmtoolkit.core.options import option
 from lvmtoolkit.core.posterior import LocalGaussianPosterior, Posterior
 from lvmtoolkit.core.refiner import CheckpointCallback, Refiner, RefineResult, check_batch
-from lvmtoolkit.core.runtime import chunks, frozen, mask_rows, seeded
+from lvmtoolkit.core.runtime import chunks, frozen, mask_rows, seeded, stream_seed
 from lvmtoolkit.metrics.nelbo import nelbo
 from lvmtoolkit.refiners.local import STRUCTURES, make_local_posterior
 
@@ -123,9 +123,10 @@ class SVIRefiner(Refiner):
         o = self.options
         n = x.shape[0]
         init = init if init is not None else model.amortized_posterior()
-        # Selection noise differs from the optimisation noise but is the same for every
-        # candidate, so per-datapoint comparisons are paired.
-        select_seed = o.seed + 7919
+        # Selection noise differs from the optimisation noise (and from the plain seed an
+        # evaluation would use) but is the same for every candidate, so per-datapoint
+        # comparisons are paired.
+        select_seed = self.selection_seed
 
         def score(posterior: Posterior) -> torch.Tensor:
             return nelbo(
@@ -160,7 +161,11 @@ class SVIRefiner(Refiner):
         )
         parts = chunks(n, o.chunk_size)
 
-        with frozen(model), seeded(o.seed, x.device), pyro.validation_enabled(False):
+        with (
+            frozen(model),
+            seeded(self.optimisation_seed, x.device),
+            pyro.validation_enabled(False),
+        ):
             for step in range(1, o.steps + 1):
                 optimizer.zero_grad(set_to_none=False)
                 for part in parts:
@@ -192,6 +197,16 @@ class SVIRefiner(Refiner):
             steps=o.steps,
             info={"selection_nelbo": best_score, "datapoints_improved_at": improved},
         )
+
+    @property
+    def selection_seed(self) -> int:
+        """Seed of the noise that scores candidates for keep-best (derived from ``seed``)."""
+        return stream_seed(self.options.seed, "svi/select")
+
+    @property
+    def optimisation_seed(self) -> int:
+        """Seed of the noise of the gradient steps (derived from ``seed``)."""
+        return stream_seed(self.options.seed, "svi/optimise")
 
     def _make_local(self, init: Posterior, x: torch.Tensor) -> Posterior:
         """The per-datapoint posterior to optimise, starting equal to ``init`` at ``x``."""

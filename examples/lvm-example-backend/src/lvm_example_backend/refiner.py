@@ -20,7 +20,7 @@ import torch
 from pyro import poutine
 
 import lvmtoolkit as lvm
-from lvmtoolkit.core import CheckpointCallback, frozen, seeded
+from lvmtoolkit.core import CheckpointCallback, frozen, seeded, stream_seed
 
 
 @dataclass
@@ -59,7 +59,7 @@ class ImportanceRefiner(lvm.Refiner):
             best_score = self._score(model, best, x, mask)
             trace = torch.empty(o.steps, x.shape[0])
             marks = set(checkpoints) | {o.steps}
-            with seeded(o.seed, x.device):
+            with seeded(stream_seed(o.seed, "importance/sample"), x.device):
                 for step in range(1, o.steps + 1):
                     log_w, z = self._weighted_samples(model, current, x, mask)
                     trace[step - 1] = -log_w.mean(0)  # the NELBO estimate before this update
@@ -76,8 +76,9 @@ class ImportanceRefiner(lvm.Refiner):
     def _score(
         self, model: lvm.Model, posterior: lvm.Posterior, x: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        # Fixed noise, other than the sampling noise: candidates are compared fairly.
-        seed = self.options.seed + 7919
+        # Fixed noise, other than the sampling noise (and than an evaluation's seed):
+        # candidates are compared fairly.
+        seed = stream_seed(self.options.seed, "importance/select")
         return lvm.nelbo(
             model, posterior, x, mask, num_samples=self.options.select_samples, seed=seed
         )
