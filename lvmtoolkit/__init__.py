@@ -31,6 +31,7 @@ _LAZY = {
     "Refiner": "lvmtoolkit.core",
     "RefineResult": "lvmtoolkit.core",
     "DATA_PLATE": "lvmtoolkit.core",
+    "DetachedScore": "lvmtoolkit.core",
     "per_datapoint_elbo": "lvmtoolkit.core",
     "save_checkpoint": "lvmtoolkit.core",
     "load_checkpoint": "lvmtoolkit.core",

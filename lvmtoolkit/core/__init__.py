@@ -1,7 +1,7 @@
 """Core interfaces on Pyro: Model, Posterior, Refiner; ELBO, checkpoints, training."""
 
 from lvmtoolkit.core.checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
-from lvmtoolkit.core.elbo import DATA_PLATE, per_datapoint_elbo
+from lvmtoolkit.core.elbo import DATA_PLATE, DetachedScore, per_datapoint_elbo
 from lvmtoolkit.core.model import Model, config_from_dict
 from lvmtoolkit.core.options import describe_options, option, parse_options
 from lvmtoolkit.core.posterior import (
@@ -19,6 +19,7 @@ __all__ = [
     "DATA_PLATE",
     "AmortizedGaussianPosterior",
     "CheckpointCallback",
+    "DetachedScore",
     "GaussianParams",
     "GaussianPosterior",
     "LocalGaussianPosterior",

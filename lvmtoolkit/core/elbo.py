@@ -11,13 +11,13 @@ plate's dimension. With ``analytic_kl=True`` it matches ``pyro.infer.TraceMeanFi
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
-from torch.distributions import Independent, Normal, kl_divergence
+from torch.distributions import Distribution, Independent, Normal, kl_divergence, register_kl
 
 from lvmtoolkit.errors import LvmError
 
@@ -51,8 +51,67 @@ def _site_log_prob(site: dict[str, Any]) -> torch.Tensor:
     return log_prob
 
 
+class DetachedScore(dist.TorchDistribution):
+    """A guide site that samples from ``fn`` and, for sticking the landing, scores with ``score``.
+
+    Detaching a Normal site's ``loc`` and ``scale`` is sticking the landing only when they
+    are the guide's own parameters. In a hierarchical guide they also depend on the latents
+    sampled above, and that path must keep its gradient; such a guide builds ``score``
+    itself: the same density with only its own variational parameters detached (e.g.
+    ``loc - (offset - offset.detach())``), and wraps the pair in this class.
+    :func:`per_datapoint_elbo` with ``stl=True`` scores the site with ``score``; everything
+    else (sampling, ``log_prob``, closed-form KL) is ``fn``'s.
+
+    Args:
+        fn: The site's distribution.
+        score: ``fn`` with the guide's own parameters detached (same value everywhere).
+    """
+
+    arg_constraints: ClassVar[dict] = {}
+
+    def __init__(self, fn: dist.TorchDistribution, score: dist.TorchDistribution):
+        self.fn = fn
+        self.score = score
+        super().__init__(fn.batch_shape, fn.event_shape, validate_args=False)
+
+    @property
+    def has_rsample(self) -> bool:  # type: ignore[override]
+        return self.fn.has_rsample
+
+    @property
+    def support(self) -> Any:  # type: ignore[override]
+        return self.fn.support
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
+        return self.fn.rsample(sample_shape)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
+        return self.fn.sample(sample_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return self.fn.log_prob(value)
+
+    def expand(self, batch_shape: torch.Size, _instance: object = None) -> DetachedScore:
+        # Pyro's plates expand every site to the batch shape it already has.
+        if tuple(batch_shape) == tuple(self.batch_shape):
+            return self
+        return DetachedScore(self.fn.expand(batch_shape), self.score.expand(batch_shape))
+
+
+@register_kl(DetachedScore, Distribution)
+def _kl_detached_score(q: DetachedScore, p: Distribution) -> torch.Tensor:
+    return kl_divergence(q.fn, p)
+
+
 def _stop_gradient(fn: Any) -> Any:
-    """The same Normal (or Independent Normal) with its parameters detached; else ``fn``."""
+    """The site's density with the guide's own parameters detached, for sticking the landing.
+
+    A :class:`DetachedScore` site gives its ``score``; a Normal (or Independent Normal) is
+    taken to be parameterised by the guide alone and gets its parameters detached; other
+    sites are returned as they are (their score term stays).
+    """
+    if isinstance(fn, DetachedScore):
+        return fn.score
     base, event_dims = fn, 0
     if isinstance(fn, Independent):
         base, event_dims = fn.base_dist, fn.reinterpreted_batch_ndims
@@ -79,8 +138,12 @@ def per_datapoint_elbo(
         analytic_kl: Use the closed-form KL between guide and prior sites where one is
             registered (lower variance); otherwise ``log p(z) - log q(z)`` at the sample.
         stl: "Sticking the landing": with ``analytic_kl=False``, score ``log q(z)`` with the
-            guide's parameters detached (Normal guide sites). The value is unchanged; the
-            gradient drops a zero-mean term, so its variance vanishes at the true posterior.
+            guide's parameters detached: a :class:`DetachedScore` site's ``score``, or a
+            Normal site's ``loc`` and ``scale``. The value is unchanged; the gradient drops
+            a zero-mean term, so its variance vanishes at the true posterior. Where a
+            Normal's parameters also depend on latents sampled above (hierarchical guides),
+            detaching them cuts that path too: still unbiased, but no longer zero-variance
+            at the optimum; such guides should wrap their sites in :class:`DetachedScore`.
         **kwargs: Keyword arguments passed to both model and guide (e.g. ``mask``).
 
     Returns:

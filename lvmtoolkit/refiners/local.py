@@ -52,6 +52,10 @@ class LocalPosterior(Posterior):
         num_datapoints: N, the size of the batch this posterior belongs to.
     """
 
+    supports_stl: bool = False
+    """Whether every site is scored with only this posterior's own parameters detached
+    (:class:`~lvmtoolkit.core.elbo.DetachedScore`), so that ``svi`` may stick the landing."""
+
     def __init__(self, num_datapoints: int):
         super().__init__()
         self.num_datapoints = int(num_datapoints)

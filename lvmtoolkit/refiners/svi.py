@@ -76,8 +76,9 @@ class SVIOptions:
     gradient: str = option(
         "stl",
         "gradient estimator: reparam, or stl (sticking the landing: Monte-Carlo KL, "
-        "score term dropped; zero variance at the true posterior; mean-field posteriors "
-        "only, others use reparam)",
+        "score term dropped; zero variance at the true posterior; for per-datapoint "
+        "Gaussians and hierarchical posteriors that support it, e.g. the NVAE's offsets; "
+        "others use reparam)",
         choices=("reparam", "stl"),
     )
     chunk_size: int = option(
@@ -142,9 +143,13 @@ class SVIRefiner(Refiner):
 
         with frozen(model):
             local = self._make_local(init, x)
-        # STL detaches each guide site's parameters; that is only the score term when they
-        # do not depend on other latents, i.e. for independent per-datapoint Gaussians.
-        stl = o.gradient == "stl" and isinstance(local, LocalGaussianPosterior)
+        # STL drops the guide's own parameters from log q. Detaching a Normal site's
+        # parameters does exactly that for independent per-datapoint Gaussians; in a
+        # hierarchical posterior it would also cut the path through the groups above, so
+        # those that detach only their own parameters say so (supports_stl); others: reparam.
+        stl = o.gradient == "stl" and (
+            isinstance(local, LocalGaussianPosterior) or getattr(local, "supports_stl", False)
+        )
         best = local.select(slice(None))
         best_score = score(best)
         trace = torch.empty(o.steps, n)

@@ -66,8 +66,8 @@ class SVIFlowOptions(SVIOptions):
     )
     gradient: str = option(
         "reparam",
-        "gradient estimator: reparam, or stl (sticking the landing; applies to mean-field "
-        "Gaussian posteriors without flows only, others use reparam)",
+        "gradient estimator: reparam, or stl (sticking the landing; applies without "
+        "per-datapoint flows only, i.e. num_flows=0; with flows reparam is used)",
         choices=("reparam", "stl"),
     )
 

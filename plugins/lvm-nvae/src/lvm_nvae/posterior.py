@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from lvm_nvae.model import NVAE
-from lvmtoolkit import DATA_PLATE, GaussianParams, GaussianPosterior
+from lvmtoolkit import DATA_PLATE, DetachedScore, GaussianParams, GaussianPosterior
 from lvmtoolkit.errors import LvmError
-from lvmtoolkit.flows import BatchedAutoregressiveCell
+from lvmtoolkit.flows import BatchedAutoregressiveCell, GaussianFlow
 from lvmtoolkit.refiners import LocalPosterior
 
 
@@ -180,6 +180,11 @@ class NVAELocalPosterior(LocalPosterior):
     def model(self) -> NVAE:
         return self.shared["model"]  # type: ignore[return-value]
 
+    @property
+    def supports_stl(self) -> bool:  # type: ignore[override]
+        """Offsets only (no per-datapoint flows): every group scores with them detached."""
+        return len(self.flows) == 0
+
     def local_guide(self, x: torch.Tensor, index: slice | torch.Tensor) -> None:
         model = self.model
         with pyro.plate(DATA_PLATE, x.shape[0]):
@@ -194,6 +199,27 @@ class NVAELocalPosterior(LocalPosterior):
                     else None  # the model's own flows (if any), amortized
                 )
                 q = model.posterior_dist(i, feature, state, offsets=offsets, flows=flows)
+                if flows is None:
+                    q = DetachedScore(q, _detach_offsets(q, offsets))
                 return pyro.sample(name, q)
 
             model.top_down(x.shape[0], sampler)
+
+
+def _detach_offsets(
+    q: dist.TorchDistribution, offsets: tuple[torch.Tensor, torch.Tensor]
+) -> dist.TorchDistribution:
+    """``q`` with the offsets' gradient removed but its dependence on the groups above kept.
+
+    The score that sticking the landing drops is the derivative of ``log q`` with respect to
+    the refined parameters (the offsets) at fixed ``z``; the prior and residual heads also
+    depend on the groups sampled above, a pathwise term that must stay. The model's own
+    flow steps (if any) are frozen, so they are shared as they are.
+    """
+    steps = q.transforms if isinstance(q, GaussianFlow) else []
+    normal = (q.base_dist if steps else q).base_dist
+    dmu, dlog_sigma = offsets
+    loc = normal.loc - (dmu - dmu.detach())
+    scale = normal.scale * (dlog_sigma.detach() - dlog_sigma).exp()
+    base = dist.Normal(loc, scale, validate_args=False).to_event(3)
+    return GaussianFlow(base, steps) if steps else base
