@@ -1,6 +1,7 @@
 """The NVAE backend: structure, training aids, checkpoints, and refinement on it."""
 
 import json
+import math
 
 import pyro
 import pyro.poutine as poutine
@@ -16,9 +17,11 @@ from lvmtoolkit.core.elbo import DATA_PLATE, per_datapoint_elbo
 from lvmtoolkit.core.runtime import frozen
 from lvmtoolkit.core.training import train
 from lvmtoolkit.errors import CheckpointError
+from lvmtoolkit.flows import GaussianFlow
 from lvmtoolkit.metrics import iwae_bound, nelbo
 from lvmtoolkit.plugins import get_backend
 from lvmtoolkit.refiners import SVIFlowRefiner, SVIRefiner, make_local_posterior
+from lvmtoolkit.refiners.svi import dimension_scale
 
 TINY = dict(
     channels=(8, 8, 8),
@@ -360,10 +363,10 @@ def test_bundled_checkpoint_beats_the_vae(name, bundled_vae, mnist5k_test_images
 def test_sticking_the_landing_drops_exactly_the_offsets_score(cls, digits):
     """STL on the hierarchical posterior drops d log q / d offsets at fixed z, nothing else.
 
-    Same noise for both estimators: the ELBO's value is unchanged, and the gradients differ
-    by exactly the score of the offsets (log q re-scored at the drawn z held fixed). The
-    path through the groups above stays: detaching each group's whole loc and scale would
-    drop it too (also zero-mean, but without STL's zero variance at the exact posterior).
+    Same noise for both estimators: the ELBO's value is unchanged, the offsets' gradients
+    differ by exactly their score (log q re-scored at the drawn z held fixed). The path through the
+    groups above stays: detaching each group's whole loc and scale would drop it too (also
+    zero-mean, but without STL's zero variance at the exact posterior).
     """
     model, x = tiny(cls), digits[:4]
     with frozen(model):
@@ -372,10 +375,19 @@ def test_sticking_the_landing_drops_exactly_the_offsets_score(cls, digits):
             for p in local.parameters():
                 p.add_(0.3 * torch.randn_like(p))
     assert local.supports_stl
-    params = [*local.offset_loc.values(), *local.offset_log_scale.values()]
+    offsets = [*local.offset_loc.values(), *local.offset_log_scale.values()]
+    flows = list(local.flows.parameters())  # none here; the model's own flows are frozen
 
     def flat(tensors):
-        return torch.cat([t.flatten() for t in tensors])
+        return torch.cat([t.flatten() for t in tensors]) if tensors else torch.zeros(0)
+
+    def gradients(value):
+        params = offsets + flows
+        grads = torch.autograd.grad(value, params, allow_unused=True)
+        grads = [
+            torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)
+        ]
+        return flat(grads[: len(offsets)]), flat(grads[len(offsets) :])
 
     with frozen(model), pyro.validation_enabled(False):
         for seed in range(3):
@@ -383,20 +395,27 @@ def test_sticking_the_landing_drops_exactly_the_offsets_score(cls, digits):
             for stl in (False, True):
                 torch.manual_seed(seed)
                 elbo = per_datapoint_elbo(model.model, local, x, analytic_kl=False, stl=stl)
-                results.append((elbo.detach(), flat(torch.autograd.grad(elbo.sum(), params))))
+                results.append((elbo.detach(), *gradients(elbo.sum())))
             torch.manual_seed(seed)
             drawn = poutine.trace(local.guide).get_trace(x)
             for site in drawn.nodes.values():
                 if site["type"] == "sample":
                     site["value"] = site["value"].detach()
             fixed = poutine.trace(poutine.replay(local.guide, trace=drawn)).get_trace(x)
-            log_q = sum(
-                site["fn"].log_prob(site["value"]).sum()
-                for name, site in fixed.nodes.items()
-                if site["type"] == "sample" and name != DATA_PLATE
-            )
-            score = flat(torch.autograd.grad(log_q, params))
-            (value, reparam), (stl_value, stl) = results
+            log_q = 0.0
+            for name, site in fixed.nodes.items():
+                if site["type"] != "sample" or name == DATA_PLATE:
+                    continue
+                q = site["fn"].fn
+                if isinstance(q, GaussianFlow):
+                    # At fixed z the flow's inverse is the drawn z0, whatever the offsets;
+                    # only the base density depends on them.
+                    z0 = drawn.nodes[name]["fn"].fn.last_draw[0].detach()
+                    log_q = log_q + q.base_dist.log_prob(z0).sum()
+                else:
+                    log_q = log_q + q.log_prob(site["value"]).sum()
+            score, _ = gradients(log_q)
+            (value, reparam, _), (stl_value, stl, _) = results
             torch.testing.assert_close(value, stl_value)
             assert score.abs().max() > 1e-3
             torch.testing.assert_close(reparam - stl, -score, atol=1e-4, rtol=1e-3)
@@ -408,3 +427,19 @@ def test_stl_is_not_used_with_per_datapoint_flows(trained, digits):
         with_flows = make_local_posterior(trained.amortized_posterior(), digits[:2], num_flows=1)
     assert offsets_only.supports_stl
     assert not with_flows.supports_stl
+
+
+def test_flows_in_the_hierarchical_posterior_learn_at_the_hierarchical_rate(trained, digits):
+    with frozen(trained):
+        local = make_local_posterior(trained.amortized_posterior(), digits[:2], num_flows=1)
+    refiner = SVIFlowRefiner(lr=0.05, flow_lr=0.3, hierarchical_flow_lr=0.01)
+    rate = {
+        id(p): g["lr"]
+        for g in refiner._param_groups(local, list(local.parameters()))
+        for p in g["params"]
+    }
+    group = trained.groups[0]
+    cell = local.flows[group.name][0]
+    scale = dimension_scale(math.prod(group.shape))
+    assert rate[id(cell.b2)] == pytest.approx(0.05 * 0.01 * scale)
+    assert rate[id(local.offset_loc[group.name])] == pytest.approx(0.05 * scale)

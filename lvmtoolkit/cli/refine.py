@@ -117,8 +117,9 @@ def refine(
     the first --num-images images of each split, binarises them with a fixed seed, and
     reports the NELBO (nats per image) of the amortized posterior and of the refined one
     after each number of steps in --steps, in the form of Table 1 of "Improving Inference
-    in Latent Variable Models". A refined posterior is never worse than the encoder's for
-    any image (the refiner keeps the best per datapoint).
+    in Latent Variable Models". svi-style refiners keep each image's best posterior under
+    their own selection estimate (its own noise); the table's evaluation draws other
+    noise, so an image whose refinement gained little can score slightly worse there.
 
     \b
     Examples:

@@ -199,7 +199,7 @@ class NVAELocalPosterior(LocalPosterior):
                     else None  # the model's own flows (if any), amortized
                 )
                 q = model.posterior_dist(i, feature, state, offsets=offsets, flows=flows)
-                if flows is None:
+                if flows is None:  # offsets only: sticking the landing may drop their score
                     q = DetachedScore(q, _detach_offsets(q, offsets))
                 return pyro.sample(name, q)
 
@@ -214,7 +214,8 @@ def _detach_offsets(
     The score that sticking the landing drops is the derivative of ``log q`` with respect to
     the refined parameters (the offsets) at fixed ``z``; the prior and residual heads also
     depend on the groups sampled above, a pathwise term that must stay. The model's own
-    flow steps (if any) are frozen, so they are shared as they are.
+    flow steps (if any) are frozen, so they are shared as they are (scoring the drawn ``z``
+    reuses the draw's cached inverse).
     """
     steps = q.transforms if isinstance(q, GaussianFlow) else []
     normal = (q.base_dist if steps else q).base_dist
