@@ -72,8 +72,8 @@ class SVIFlowOptions(SVIOptions):
         0.03,
         "flow_lr for the flows of a hierarchical posterior's own per-datapoint form (the "
         "NVAE's): there a flow's noise in an upper group also moves the prior of every "
-        "group below it; measured on the NVAE, 0.3 lost to plain svi and 0.03 improved "
-        "every test digit",
+        "group below it; measured on the NVAE, 0.3 left many test digits worse than "
+        "amortized, 0.03 improved all 64 of both NVAEs in 1,000 steps",
         minimum=0.0,
     )
     gradient: str = option(
