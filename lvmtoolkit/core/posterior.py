@@ -88,6 +88,10 @@ class LocalGaussianPosterior(GaussianPosterior):
         params: Initial ``{site: (loc, scale)}``, each of shape ``(N, *event_shape)``.
     """
 
+    supports_stl = True
+    """Every site's loc and scale are this posterior's own parameters, so detaching them
+    drops exactly the score that sticking the landing drops."""
+
     def __init__(self, params: GaussianParams):
         super().__init__()
         if not params:

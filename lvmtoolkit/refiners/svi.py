@@ -19,7 +19,7 @@ import torch
 from lvmtoolkit.core.elbo import per_datapoint_elbo
 from lvmtoolkit.core.model import Model
 from lvmtoolkit.core.options import option
-from lvmtoolkit.core.posterior import LocalGaussianPosterior, Posterior
+from lvmtoolkit.core.posterior import Posterior
 from lvmtoolkit.core.refiner import CheckpointCallback, Refiner, RefineResult, check_batch
 from lvmtoolkit.core.runtime import chunks, frozen, mask_rows, seeded, stream_seed
 from lvmtoolkit.metrics.nelbo import nelbo
@@ -145,11 +145,9 @@ class SVIRefiner(Refiner):
             local = self._make_local(init, x)
         # STL drops the guide's own parameters from log q. Detaching a Normal site's
         # parameters does exactly that for independent per-datapoint Gaussians; in a
-        # hierarchical posterior it would also cut the path through the groups above, so
-        # those that detach only their own parameters say so (supports_stl); others: reparam.
-        stl = o.gradient == "stl" and (
-            isinstance(local, LocalGaussianPosterior) or getattr(local, "supports_stl", False)
-        )
+        # hierarchical posterior it would also cut the path through the groups above.
+        # Posteriors that drop only their own parameters say so; the others use reparam.
+        stl = o.gradient == "stl" and getattr(local, "supports_stl", False)
         best = local.select(slice(None))
         best_score = score(best)
         trace = torch.empty(o.steps, n)
