@@ -12,7 +12,10 @@ import torch
 from lvmtoolkit.core.model import Model
 from lvmtoolkit.core.options import parse_options
 from lvmtoolkit.core.posterior import Posterior
+from lvmtoolkit.core.validation import check_batch
 from lvmtoolkit.errors import LvmError
+
+__all__ = ["CheckpointCallback", "NoOptions", "RefineResult", "Refiner", "check_batch"]
 
 CheckpointCallback = Callable[[int, Posterior], None]
 """Called as ``callback(step, posterior)`` with the posterior the refiner would return if it
@@ -86,13 +89,3 @@ class Refiner:
         """
         raise NotImplementedError
 
-
-def check_batch(model: Model, x: torch.Tensor) -> None:
-    """Raise a clear error when ``x`` has the wrong datapoint shape or non-finite values."""
-    if tuple(x.shape[1:]) != tuple(model.data_shape):
-        raise LvmError(
-            f"batch has datapoints of shape {tuple(x.shape[1:])}, the {model.name} model "
-            f"expects {tuple(model.data_shape)}"
-        )
-    if not torch.isfinite(x).all():
-        raise LvmError("batch contains non-finite values (NaN or inf)")
