@@ -16,8 +16,14 @@ Rules (the same for every command that reads or writes image files):
   ``white_is_missing=False`` reads white as known instead. A model pixel is known only if
   every image pixel it covers is known. In the written output, known pixels are copied
   from the input file, so they are unchanged exactly.
+- **Bounds.** An image may have at most ``MAX_IMAGE_PIXELS`` pixels, and so may the canvas
+  it is padded to (so a 28x16000 strip is refused, not padded to 16000x16000); the
+  pixel count is read from the file's header before anything is decoded, so a
+  decompression bomb costs nothing.
 - **Writing** goes to a temporary file in the destination folder, renamed over the target
-  only when complete (``os.replace``), so no half-written file is ever left behind.
+  only when complete (``os.replace``), so no half-written file is ever left behind. For
+  several outputs, all are written to temporary files first and renamed only when every
+  one succeeded ([`atomic_write_all`][lvmtoolkit.images.atomic_write_all]).
 """
 
 from __future__ import annotations
@@ -40,6 +46,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _EIGHT_BIT_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 
+MAX_IMAGE_PIXELS = 1 << 25
+"""Most pixels an input image, or the canvas it is padded to, may have (about 33.5
+million: 5792x5792). Each pixel costs a few float32 copies, so this bounds the memory
+one image can take to a few hundred MB."""
+
 
 # --- reading ------------------------------------------------------------------------------
 
@@ -49,14 +60,31 @@ def _open(path: Path, what: str) -> Image.Image:
         raise ImageError(f"{what} {path} does not exist")
     if path.is_dir():
         raise ImageError(f"{what} {path} is a folder, not an image file")
+    if not path.is_file():  # a FIFO would block, a device never end
+        raise ImageError(f"{what} {path} is not a regular file")
     try:
         with Image.open(path) as handle:
+            width, height = handle.size  # from the header: nothing decoded yet
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ImageError(
+                    f"{what} {path} is {width}x{height} pixels, more than the "
+                    f"{MAX_IMAGE_PIXELS:,} allowed; scale it down first"
+                )
             handle.load()  # decode now: a truncated file fails here, not later
             return handle.copy()
     except UnidentifiedImageError:
         raise ImageError(f"{what} {path} is not an image file Pillow can read") from None
-    except (OSError, ValueError, SyntaxError) as err:
-        raise ImageError(f"{what} {path} cannot be decoded: {err}") from None
+    except Image.DecompressionBombError:
+        raise ImageError(
+            f"{what} {path} is too large to decode safely (Pillow: decompression bomb)"
+        ) from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as err:
+        raise ImageError(f"{what} {path} cannot be decoded: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def _to_array(image: Image.Image, channels: int, path: Path) -> np.ndarray:
@@ -160,6 +188,12 @@ class Fit:
             raise ImageError(f"image is {width}x{height} pixels; the model needs at least {w}x{h}")
         # Smallest canvas of the model's aspect ratio that holds the image.
         padded_h, padded_w = max(height, -(-width * h // w)), max(width, -(-height * w // h))
+        if padded_h * padded_w > MAX_IMAGE_PIXELS:
+            raise ImageError(
+                f"image is {width}x{height} pixels: padded to the model's aspect ratio "
+                f"({w}x{h}) it would be {padded_w}x{padded_h}, more than the "
+                f"{MAX_IMAGE_PIXELS:,} pixels allowed; crop it closer to that ratio"
+            )
         return cls(
             size,
             (padded_h, padded_w),
@@ -324,29 +358,57 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     Raises:
         ImageError: The folder is not writable, or writing failed (nothing is left behind).
     """
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise ImageError(f"cannot write {path}: {err.strerror}") from None
-    os.close(fd)
+    return atomic_write_all([(Path(path), write)])[0]
+
+
+def atomic_write_all(writes: Sequence[tuple[str | Path, Callable[[str], None]]]) -> list[Path]:
+    """Write several files so that either all of them appear, or none does.
+
+    Each ``write(tmp)`` fills a temporary file next to its target; only when every one has
+    succeeded are they renamed over their targets. On any failure, or an interrupt
+    (Ctrl-C, SIGTERM in the CLI), every temporary file is removed and no target changes.
+
+    Args:
+        writes: ``(target path, write function)`` pairs.
+
+    Returns:
+        The target paths.
+
+    Raises:
+        ImageError: A folder is not writable, or a write failed.
+    """
+    temporary: list[tuple[str, Path]] = []
     umask = os.umask(0)
     os.umask(umask)
+    path = Path()
     try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
+        for target, write in writes:
+            path = Path(target)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temporary.append((tmp, path))
+            os.close(fd)
+            write(tmp)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
+        for tmp, target in temporary:
+            path = target
+            os.replace(tmp, target)
     except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
+        _remove(temporary)
         raise ImageError(f"cannot write {path}: {err.strerror or err}") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _remove(temporary)
         raise
-    return path
+    return [target for _, target in temporary]
 
 
-def save_image(path: str | Path, pixels: np.ndarray | torch.Tensor) -> Path:
-    """Write ``(C, H, W)`` pixels (uint8, or floats in [0, 1]) atomically; format by suffix."""
+def _remove(temporary: list[tuple[str, Path]]) -> None:
+    for tmp, _ in temporary:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def image_writer(path: str | Path, pixels: np.ndarray | torch.Tensor) -> Callable[[str], None]:
+    """A function writing ``(C, H, W)`` pixels to a file in the format ``path``'s suffix
+    names (for [`atomic_write_all`][lvmtoolkit.images.atomic_write_all])."""
     path = Path(path)
     array = pixels.detach().cpu().numpy() if isinstance(pixels, torch.Tensor) else pixels
     if array.dtype != np.uint8:
@@ -357,7 +419,12 @@ def save_image(path: str | Path, pixels: np.ndarray | torch.Tensor) -> Path:
     image_format = Image.registered_extensions().get(path.suffix.lower())
     if image_format is None:
         raise ImageError(f"output {path}: unknown image suffix {path.suffix!r}; use .png")
-    return atomic_write(path, lambda tmp: image.save(tmp, format=image_format))
+    return lambda tmp: image.save(tmp, format=image_format)
+
+
+def save_image(path: str | Path, pixels: np.ndarray | torch.Tensor) -> Path:
+    """Write ``(C, H, W)`` pixels (uint8, or floats in [0, 1]) atomically; format by suffix."""
+    return atomic_write(path, image_writer(path, pixels))
 
 
 def save_grid(
@@ -382,6 +449,41 @@ def save_grid(
 
     Returns:
         The path written.
+    """
+    write = grid_writer(
+        path,
+        columns,
+        scale=scale,
+        missing=missing,
+        missing_column=missing_column,
+        max_rows=max_rows,
+    )
+    return atomic_write(path, write)
+
+
+def grid_writer(
+    path: str | Path,
+    columns: Sequence[tuple[str, torch.Tensor]],
+    *,
+    scale: int = 3,
+    missing: torch.Tensor | None = None,
+    missing_column: int = 0,
+    max_rows: int = 16,
+) -> Callable[[str], None]:
+    """A function writing the grid of [`save_grid`][lvmtoolkit.images.save_grid] to a file
+    (for [`atomic_write_all`][lvmtoolkit.images.atomic_write_all]).
+
+    Args:
+        path: Output file (its suffix names the format).
+        columns: ``(title, (N, C, h, w) images in [0, 1])`` pairs, all with the same N.
+        scale: Each image pixel becomes ``scale x scale`` grid pixels.
+        missing: Optional ``(N, C, h, w)`` boolean tensor; column ``missing_column`` shows
+            these pixels in red (the region to fill).
+        missing_column: Which column shows ``missing``.
+        max_rows: Show at most this many images.
+
+    Returns:
+        ``write(tmp)``.
     """
     if not columns:
         raise ImageError("a grid needs at least one column")
@@ -411,7 +513,7 @@ def save_grid(
             )
         left += widths[col] + gap
     image_format = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
-    return atomic_write(path, lambda tmp: canvas.save(tmp, format=image_format))
+    return lambda tmp: canvas.save(tmp, format=image_format)
 
 
 def _as_rgb(image: torch.Tensor) -> np.ndarray:

@@ -10,6 +10,30 @@ from rich.console import Console
 
 stderr = Console(stderr=True)
 
+SEED = click.IntRange(0, 2**63 - 1)
+"""Click type of every seed option: an integer torch accepts (0..2**63-1)."""
+
+
+def dump_json(data: Any) -> str:
+    """``data`` as JSON for stdout; NaN and infinities become ``null``.
+
+    ``json.dumps`` would write ``NaN``, which is not JSON: a diverged NELBO must not make
+    a report unreadable. ``null`` says "no finite value" in every JSON reader.
+    """
+    import json
+    import math
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: clean(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(item) for item in value]
+        return value
+
+    return json.dumps(clean(data), indent=2, allow_nan=False, default=str)
+
 
 def backend_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
@@ -73,9 +97,8 @@ def parse_key_values(pairs: tuple[str, ...], what: str) -> dict[str, str]:
 
 def load_model(backend: str, checkpoint: str | None, device: Any) -> Any:
     """The model from ``checkpoint``, or the backend's bundled checkpoint."""
-    from lvmtoolkit.core.checkpoint import load_checkpoint
     from lvmtoolkit.errors import CheckpointError
-    from lvmtoolkit.plugins import get_backend
+    from lvmtoolkit.plugins import get_backend, load_checkpoint
 
     model_class = get_backend(backend)
     if checkpoint is None:

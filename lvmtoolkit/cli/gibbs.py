@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,8 +10,10 @@ from typing import Any
 import click
 
 from lvmtoolkit.cli.common import (
+    SEED,
     backend_option,
     checkpoint_option,
+    dump_json,
     load_model,
     parse_key_values,
     runtime_options,
@@ -25,7 +27,10 @@ MNIST models). One of another aspect ratio is padded on its short side with
 the median of its border pixels, then scaled to the model's size with a box
 filter; the result is scaled back with a bicubic filter and the padding
 cropped, so each output has its input's size (8-bit, in the model's channels).
-Outputs are written atomically: no half-written file is ever left."""
+Images over 33.5 million pixels, or so far from the model's aspect ratio that
+the padded canvas would be, are refused. Outputs are written atomically, all
+of them only once every one succeeded: no half-written file, and no partial
+set of outputs, is ever left (also on Ctrl-C or SIGTERM)."""
 
 _INPAINT_HELP = f"""Fill the masked region of IMAGE (a file or a folder of images).
 
@@ -99,7 +104,7 @@ def _chain_options(f: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="Gibbs iterations.",
         ),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the chain."),
+        click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the chain."),
         click.option(
             "--result",
             "result_kind",
@@ -225,7 +230,13 @@ def _run(
 
     from lvmtoolkit.core.runtime import resolve_device, set_threads
     from lvmtoolkit.errors import ImageError
-    from lvmtoolkit.images import check_writable, load_batch, save_grid, save_image
+    from lvmtoolkit.images import (
+        atomic_write_all,
+        check_writable,
+        grid_writer,
+        image_writer,
+        load_batch,
+    )
     from lvmtoolkit.tasks import denoise as run_denoise
     from lvmtoolkit.tasks import gibbs_refiner
     from lvmtoolkit.tasks import inpaint as run_inpaint
@@ -236,6 +247,8 @@ def _run(
     inputs, outputs = _plan_outputs(image, output)
     if grid is not None:
         check_writable(grid)
+        if grid.resolve() in {path.resolve() for path in outputs}:
+            raise ImageError(f"--grid {grid} is also an output (-o); give the grid another name")
     masks = _mask_files(mask, inputs) if mask is not None else None
     refiner_obj = gibbs_refiner(refiner, **parse_key_values(options, "--option"))
     model, checkpoint = load_model(backend, checkpoint, torch_device)
@@ -266,13 +279,16 @@ def _run(
                 record_every=every,
             )
 
+    created = image.is_dir() and not output.exists()
     if image.is_dir():
         try:
             output.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ImageError(f"cannot create output folder {output}: {err.strerror}") from None
-    for path, pixels in zip(outputs, batch.restore(result.images), strict=True):
-        save_image(path, pixels)
+    writes = [
+        (path, image_writer(path, pixels))
+        for path, pixels in zip(outputs, batch.restore(result.images), strict=True)
+    ]
     if grid is not None:
         start = torch.where(observed, x, torch.zeros_like(x)) if task == "inpaint" else x
         columns = [("input", start.cpu())]
@@ -284,7 +300,16 @@ def _run(
             if t != iterations
         ]
         columns.append(("result", result.images.cpu()))
-        save_grid(grid, columns, missing=~observed.cpu() if task == "inpaint" else None)
+        missing = ~observed.cpu() if task == "inpaint" else None
+        writes.append((grid, grid_writer(grid, columns, missing=missing)))
+    # All outputs (and the grid) or none: a failure or an interrupt leaves no partial set.
+    try:
+        atomic_write_all(writes)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                output.rmdir()  # only if still empty
+        raise
 
     report = {
         "task": task,
@@ -304,7 +329,7 @@ def _run(
         "grid": str(grid) if grid is not None else None,
     }
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(dump_json(report))
     else:
         where = outputs[0] if len(outputs) == 1 else outputs[0].parent
         stderr.print(

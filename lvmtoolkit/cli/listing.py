@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
-from lvmtoolkit.cli.common import stderr
+from lvmtoolkit.cli.common import dump_json, stderr
 
 
 def register(cli: click.Group) -> None:
@@ -32,6 +30,8 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 def plugins(as_json: bool) -> None:
     """List installed plugins: distribution, version, hooks, what each registers.
 
+    A plugin that fails to load (import error, unknown hook, a hook that raises) is listed
+    as broken with its error; other commands warn about it once and go on without it.
     Default plugins are part of the core; entry-point plugins are separate distributions
     found in the `lvmtoolkit` entry-point group. Set LVM_LOAD_PLUGINS=name1,name2 to load
     only some entry-point plugins (empty: none).
@@ -44,7 +44,7 @@ def plugins(as_json: bool) -> None:
 
     info = plugin_info()
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        click.echo(dump_json(info))
         return
     _table(
         "Installed plugins",
@@ -55,7 +55,7 @@ def plugins(as_json: bool) -> None:
                 p["kind"],
                 p["distribution"],
                 p["version"],
-                "; ".join(f"{k}: {', '.join(v)}" for k, v in p["registers"].items()),
+                p["error"] or "; ".join(f"{k}: {', '.join(v)}" for k, v in p["registers"].items()),
             ]
             for p in info
         ],
@@ -91,7 +91,7 @@ def backends(as_json: bool) -> None:
             }
         )
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(dump_json(rows))
         return
     _table(
         "Backends",
@@ -128,7 +128,7 @@ def datasets(as_json: bool) -> None:
         for name, reg in sorted(registered().items())
     ]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(dump_json(rows))
         return
     _table(
         "Datasets",
@@ -167,7 +167,7 @@ def refiners_list(as_json: bool) -> None:
         for name, reg in sorted(registered().items())
     ]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(dump_json(rows))
         return
     _table(
         "Refiners",
@@ -193,11 +193,7 @@ def refiners_show(name: str, as_json: bool) -> None:
     rows = describe_options(refiner_class.options_class)
     if as_json:
         click.echo(
-            json.dumps(
-                {"name": name, "description": refiner_class.description, "options": rows},
-                indent=2,
-                default=str,
-            )
+            dump_json({"name": name, "description": refiner_class.description, "options": rows})
         )
         return
     stderr.print(f"[bold]{name}[/bold]: {refiner_class.description}")

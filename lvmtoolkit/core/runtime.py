@@ -81,12 +81,52 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-def resolve_device(device: str) -> torch.device:
-    """Parse ``--device``; a CUDA device without CUDA available is an error, not a crash."""
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Parse ``--device``: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, and check it is here.
+
+    Anything else (``meta``, which holds no data, a malformed name, a CUDA index this
+    machine lacks, MPS off a Mac) is an [`LvmError`][lvmtoolkit.errors.LvmError] naming
+    the problem, never a torch error later.
+
+    Raises:
+        LvmError: An unknown or unavailable device.
+    """
+    if not isinstance(device, (str, torch.device)):
+        raise LvmError(f"device must be a name such as 'cpu', got {type(device).__name__}")
     try:
         parsed = torch.device(device)
-    except RuntimeError:
-        raise LvmError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise LvmError(f"device {device!r} requested but CUDA is not available here")
-    return parsed
+    except (RuntimeError, ValueError, TypeError):
+        raise LvmError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cpu":
+        return torch.device("cpu")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LvmError(f"device {str(device)!r} requested but CUDA is not available here")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise LvmError(f"device {str(device)!r}: this machine has {count} CUDA device(s)")
+        return parsed
+    if parsed.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise LvmError(f"device {str(device)!r} requested but MPS is not available here")
+        return parsed
+    raise LvmError(f"device {str(device)!r} is not supported; use cpu, cuda, cuda:N or mps")
+
+
+MAX_SEED = 2**63 - 1
+"""Largest seed torch accepts (``torch.manual_seed`` takes 0..2**64-1; a derived stream
+seed must fit in a signed 64-bit integer)."""
+
+
+def check_seed(seed: int, what: str = "seed") -> int:
+    """``seed`` if it is an integer in 0..``MAX_SEED``.
+
+    Raises:
+        LvmError: Not an integer, or out of range.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise LvmError(f"{what} must be an integer, got {seed!r}")
+    if not 0 <= seed <= MAX_SEED:
+        raise LvmError(f"{what} must be between 0 and 2**63-1, got {seed}")
+    return seed

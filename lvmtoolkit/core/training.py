@@ -31,7 +31,9 @@ def train(
 ) -> dict[str, Any]:
     """Train encoder and decoder jointly by minimising the NELBO (Adam).
 
-    Images are binarised afresh for every batch (dynamic binarisation). The model's
+    For a model with a Bernoulli likelihood (``model.binary_data``) images are binarised
+    afresh for every batch (dynamic binarisation); any other model (e.g. a Gaussian
+    likelihood, ``binary_data = False``) trains on the grey levels as given. The model's
     ``on_train_step`` and ``on_before_optimizer_step`` hooks run around each step (KL
     warm-up, gradient clipping).
 
@@ -45,7 +47,8 @@ def train(
         progress: See :data:`ProgressCallback`.
 
     Returns:
-        A training summary for the checkpoint: epochs, steps, final mean NELBO, seconds.
+        A training summary for the checkpoint: epochs, steps, final mean NELBO, seconds,
+        and ``binarization`` (``"dynamic"`` or ``"none"``).
     """
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise LvmError(
@@ -57,13 +60,16 @@ def train(
     start = time.perf_counter()
     steps = 0
     mean_loss = math.nan
+    binary = bool(getattr(model, "binary_data", True))
     model.train()
     with seeded(seed, device), pyro.validation_enabled(False):
         for epoch in range(1, epochs + 1):
             order = torch.randperm(images.shape[0])
             total, count = 0.0, 0
             for begin in range(0, images.shape[0], batch_size):
-                batch = binarize_dynamic(images[order[begin : begin + batch_size]].to(device))
+                batch = images[order[begin : begin + batch_size]].to(device)
+                if binary:
+                    batch = binarize_dynamic(batch)
                 model.on_train_step(steps, total_steps)
                 loss = model.training_loss(batch).mean()
                 if not torch.isfinite(loss):
@@ -89,5 +95,5 @@ def train(
         "seed": seed,
         "final_train_nelbo": round(mean_loss, 4),
         "seconds": round(time.perf_counter() - start, 1),
-        "binarization": "dynamic",
+        "binarization": "dynamic" if binary else "none",
     }

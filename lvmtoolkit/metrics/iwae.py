@@ -11,6 +11,7 @@ from lvmtoolkit.core.elbo import per_datapoint_elbo
 from lvmtoolkit.core.model import Model
 from lvmtoolkit.core.posterior import Posterior
 from lvmtoolkit.core.runtime import chunks, frozen, seeded
+from lvmtoolkit.core.validation import check_batch
 from lvmtoolkit.errors import LvmError
 
 
@@ -35,7 +36,8 @@ def iwae_bound(
     Args:
         model: The generative model.
         posterior: Proposal q(z | x) for the N datapoints of ``x`` (amortized or refined).
-        x: Batch of shape ``(N, *model.data_shape)``.
+        x: Batch of shape ``(N, *model.data_shape)``; binary for a model with a Bernoulli
+            likelihood (see [`check_batch`][lvmtoolkit.core.validation.check_batch]).
         num_samples: k, importance samples per datapoint.
         seed: Seed of the sampling noise (None: the global RNG).
         max_rows: Bound on datapoint-samples per forward pass (memory).
@@ -43,11 +45,17 @@ def iwae_bound(
     Returns:
         Tensor of shape ``(N,)``.
 
+    Raises:
+        LvmError: ``x`` does not fit the model, or ``posterior`` was made for another
+            number of datapoints.
+
     References:
         Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
     """
     if num_samples < 1 or max_rows < 1:
         raise LvmError(f"num_samples and max_rows must be positive, got {num_samples}, {max_rows}")
+    check_batch(model, x)
+    posterior.check_batch_size(x.shape[0])
     n = x.shape[0]
     per_block = max(1, max_rows // n) if n <= max_rows else 1
     row_parts = chunks(n, max_rows) if n > max_rows else [slice(0, n)]
