@@ -12,7 +12,9 @@ from typing import Any
 from lvmtoolkit.errors import (
     CheckpointError,
     DataError,
+    ImageError,
     LvmError,
+    MetricError,
     OptionError,
     UnknownNameError,
 )
@@ -27,14 +29,25 @@ _LAZY = {
     "GaussianPosterior": "lvmtoolkit.core",
     "AmortizedGaussianPosterior": "lvmtoolkit.core",
     "LocalGaussianPosterior": "lvmtoolkit.core",
+    "LocalPosterior": "lvmtoolkit.core",
+    "CheckpointCallback": "lvmtoolkit.core",
+    "nelbo": "lvmtoolkit.core",
+    "frozen": "lvmtoolkit.core",
+    "seeded": "lvmtoolkit.core",
+    "stream_seed": "lvmtoolkit.core",
     "GaussianParams": "lvmtoolkit.core",
     "Refiner": "lvmtoolkit.core",
     "RefineResult": "lvmtoolkit.core",
     "DATA_PLATE": "lvmtoolkit.core",
+    "LocalRows": "lvmtoolkit.core",
+    "config_from_dict": "lvmtoolkit.core",
+    "describe_options": "lvmtoolkit.core",
+    "resolve_device": "lvmtoolkit.core",
+    "check_batch": "lvmtoolkit.core.validation",
     "DetachedScore": "lvmtoolkit.core",
     "per_datapoint_elbo": "lvmtoolkit.core",
     "save_checkpoint": "lvmtoolkit.core",
-    "load_checkpoint": "lvmtoolkit.core",
+    "load_checkpoint": "lvmtoolkit.plugins",
     "read_checkpoint_info": "lvmtoolkit.core",
     "option": "lvmtoolkit.core",
     "parse_options": "lvmtoolkit.core",
@@ -44,9 +57,21 @@ _LAZY = {
     "ImageData": "lvmtoolkit.data",
     "binarize_fixed": "lvmtoolkit.data",
     "binarize_dynamic": "lvmtoolkit.data",
-    "nelbo": "lvmtoolkit.metrics",
+    "nelbo_after_steps": "lvmtoolkit.metrics",
+    "iwae_bound": "lvmtoolkit.metrics",
+    "gap_report": "lvmtoolkit.metrics",
+    "EVAL_BINARIZATION_SEED": "lvmtoolkit.data",
+    "ConvergenceRule": "lvmtoolkit.metrics",
+    "RefinementReport": "lvmtoolkit.metrics",
     "SVIRefiner": "lvmtoolkit.refiners",
     "AmortizedRefiner": "lvmtoolkit.refiners",
+    "LocalFlowPosterior": "lvmtoolkit.refiners",
+    "make_local_posterior": "lvmtoolkit.refiners",
+    # flows: building blocks of posteriors with normalizing flows (backends use them)
+    "GaussianFlow": "lvmtoolkit.flows",
+    "AffineAutoregressive": "lvmtoolkit.flows",
+    "AutoregressiveConvCell": "lvmtoolkit.flows",
+    "BatchedAutoregressiveCell": "lvmtoolkit.flows",
     "PaperSVIRefiner": "lvmtoolkit.refiners",
     "SVIFlowRefiner": "lvmtoolkit.refiners",
     # adapters: bring your own VAE
@@ -58,6 +83,9 @@ _LAZY = {
     "denoise": "lvmtoolkit.tasks",
     "GibbsResult": "lvmtoolkit.tasks",
     "gibbs_refiner": "lvmtoolkit.tasks",
+    "evaluate_task": "lvmtoolkit.tasks",
+    "add_noise": "lvmtoolkit.tasks",
+    "make_mask": "lvmtoolkit.tasks",
     "ssim": "lvmtoolkit.metrics.ssim",
     "fid": "lvmtoolkit.metrics.fid",
     # registries
@@ -65,12 +93,16 @@ _LAZY = {
     "get_refiner": "lvmtoolkit.plugins",
     "get_dataset": "lvmtoolkit.plugins",
     "load_plugins": "lvmtoolkit.plugins",
+    "broken_plugins": "lvmtoolkit.plugins",
+    "plugin_info": "lvmtoolkit.plugins",
 }
 
 __all__ = [
     "CheckpointError",
     "DataError",
+    "ImageError",
     "LvmError",
+    "MetricError",
     "OptionError",
     "UnknownNameError",
     "__version__",
@@ -85,3 +117,8 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module 'lvmtoolkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # Lazy names are public too: list them for dir(), completion and documentation tools.
+    return sorted(set(globals()) | set(__all__))

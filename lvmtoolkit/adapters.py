@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,7 @@ __all__ = [
     "ENCODER_SCALES",
     "LIKELIHOODS",
     "AdapterError",
+    "AdapterWarning",
     "PyroVAE",
     "PyroVAEConfig",
     "TorchVAE",
@@ -78,6 +80,10 @@ class AdapterError(LvmError):
     """An adapter that is set up wrongly, or networks whose outputs do not fit it."""
 
 
+class AdapterWarning(UserWarning):
+    """Networks whose outputs look unlike what the adapter was told they are."""
+
+
 def _shape(value: Sequence[int], what: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(v) for v in value)
@@ -86,6 +92,31 @@ def _shape(value: Sequence[int], what: str) -> tuple[int, ...]:
     if not shape or min(shape) < 1:
         raise AdapterError(f"{what} must be a non-empty tuple of positive integers, got {shape}")
     return shape
+
+
+def _probe(network: Callable[..., Any], value: torch.Tensor) -> Any:
+    """``network(value)`` in eval mode without gradients, or None if it cannot run."""
+    is_module = isinstance(network, nn.Module)
+    device = next((p.device for p in network.parameters()), value.device) if is_module else None
+    was_training = network.training if is_module else False
+    if is_module:
+        network.eval()
+    try:
+        with torch.no_grad():
+            return network(value.to(device) if device is not None else value)
+    except Exception:
+        return None
+    finally:
+        if is_module:
+            network.train(was_training)
+
+
+def _check_scale(raw: Any) -> None:
+    if isinstance(raw, torch.Tensor) and raw.numel() and bool((raw < 0).any()):
+        raise AdapterError(
+            "encoder_scale='scale' but the encoder gives negative scales; if it returns a "
+            "log-variance pass encoder_scale='logvar' (a log standard deviation: 'log_scale')"
+        )
 
 
 # --- plain PyTorch encoder and decoder ---------------------------------------------------
@@ -197,6 +228,42 @@ class TorchVAE(Model):
         self.binary_data = (
             likelihood in ("bernoulli", "bernoulli-probs") if binary_data is None else binary_data
         )
+        self._check_networks()
+
+    def _check_networks(self) -> None:
+        """Cheap checks, when wrapping, that the networks give what was declared.
+
+        A decoder that ends in a sigmoid declared as giving logits (``"bernoulli"``) is
+        warned about (every output in [0, 1] is unlikely for logits); probabilities
+        outside [0, 1] and negative scales are errors. The networks run on a few fixed
+        inputs, in eval mode, without touching the global RNG; networks that cannot run
+        on them are left to the first real call, which reports its own error.
+        """
+        generator = torch.Generator().manual_seed(0)
+        z = torch.randn(8, *self.latent_shape, generator=generator)
+        x = torch.rand(2, *self.data_shape, generator=generator)
+        out = _probe(self.decoder, z)
+        if isinstance(out, torch.Tensor) and out.numel() and out.is_floating_point():
+            low, high = float(out.min()), float(out.max())
+            if self.likelihood == "bernoulli" and low >= 0.0 and high <= 1.0:
+                warnings.warn(
+                    "every output of the decoder on prior samples is in [0, 1], as if it "
+                    "ended in a sigmoid, but likelihood='bernoulli' reads them as logits; "
+                    "for probabilities pass likelihood='bernoulli-probs'",
+                    AdapterWarning,
+                    stacklevel=3,
+                )
+            if self.likelihood == "bernoulli-probs" and (low < 0.0 or high > 1.0):
+                raise AdapterError(
+                    f"likelihood='bernoulli-probs' needs probabilities, but the decoder gives "
+                    f"values in [{low:.3g}, {high:.3g}]; for logits pass likelihood='bernoulli'"
+                )
+        if self.encoder_scale == "scale":
+            encoded = _probe(self.encoder, x)
+            if isinstance(encoded, torch.Tensor) and encoded.dim() >= 2:
+                encoded = encoded.chunk(2, dim=1) if encoded.shape[1] % 2 == 0 else None
+            if isinstance(encoded, (tuple, list)) and len(encoded) == 2:
+                _check_scale(encoded[1])
 
     @property
     def latent_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -231,6 +298,7 @@ class TorchVAE(Model):
             elif self.encoder_scale == "log_scale":
                 scale = raw.exp()
             else:
+                _check_scale(raw)
                 scale = raw
         loc = self._latent(loc, n, "loc")
         scale = self._latent(scale, n, "scale").clamp_min(_MIN_SCALE)

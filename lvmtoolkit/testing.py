@@ -10,7 +10,8 @@ plugin's tests can use these fixtures without importing anything:
 - ``lvm_tiny_model``: a small, untrained VAE (:func:`make_tiny_model`) on 28x28 digits.
 - ``lvm_cli``: run ``lvm`` in-process and get Click's result.
 
-:func:`check_model` runs a model through what refiners and tasks need from it.
+:func:`check_model` runs a model through what refiners and tasks need from it;
+:func:`check_refiner` runs a refiner through what its callers need from it.
 
 Nothing here is autouse, and torch is imported only when a fixture runs, so the plugin
 costs nothing in test sessions that do not use it.
@@ -22,7 +23,16 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-import pytest
+try:
+    import pytest
+except ImportError:  # check_model and check_refiner work without pytest; fixtures need it
+
+    class _NoPytest:
+        @staticmethod
+        def fixture(function: Any = None, **_: Any) -> Any:
+            return function if callable(function) else (lambda f: f)
+
+    pytest = _NoPytest()  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     import torch
@@ -31,7 +41,14 @@ if TYPE_CHECKING:
     from lvmtoolkit.adapters import TorchVAE
     from lvmtoolkit.core.model import Model
 
-__all__ = ["ModelCheckError", "PluginRegistrar", "check_model", "make_tiny_model"]
+__all__ = [
+    "ModelCheckError",
+    "PluginRegistrar",
+    "RefinerCheckError",
+    "check_model",
+    "check_refiner",
+    "make_tiny_model",
+]
 
 
 class ModelCheckError(AssertionError):
@@ -167,7 +184,24 @@ def lvm_cli() -> Callable[..., Result]:
     return invoke
 
 
-def check_model(model: Model, x: torch.Tensor, *, rebuild: bool = True) -> None:
+def _built_from_config(model_class: type) -> bool:
+    """Whether ``model_class(config)`` is how the class is built (one required argument)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(model_class).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    required = [
+        p
+        for p in params
+        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    keyword_only = [p for p in params if p.default is p.empty and p.kind is p.KEYWORD_ONLY]
+    return len(required) <= 1 and not keyword_only
+
+
+def check_model(model: Model, x: torch.Tensor, *, rebuild: bool | None = None) -> None:
     """Check that ``model`` gives refiners and tasks what they need.
 
     Checks: latent shapes and prior samples agree; ``decode`` gives batch ``(N,)`` and
@@ -179,7 +213,10 @@ def check_model(model: Model, x: torch.Tensor, *, rebuild: bool = True) -> None:
     Args:
         model: The model (in eval mode).
         x: A small batch it can score, ``(N, *model.data_shape)``.
-        rebuild: Also check ``type(model).from_config(config)`` (for registered backends).
+        rebuild: Also check ``type(model).from_config(config)``, as checkpoints rebuild
+            registered backends. Default: when the class is built from a config alone
+            (not for a [`TorchVAE`][lvmtoolkit.TorchVAE] or
+            [`PyroVAE`][lvmtoolkit.PyroVAE] wrapping networks directly).
 
     Raises:
         ModelCheckError: The first broken expectation, with what was expected.
@@ -241,9 +278,103 @@ def check_model(model: Model, x: torch.Tensor, *, rebuild: bool = True) -> None:
     end = nelbo(model, result.posterior, x, **selection)
     expect(bool(torch.isfinite(end).all()), "the refined posterior's NELBO is not finite")
     expect(bool((end <= start + 1e-3).all()), "svi returned a posterior worse than the start")
+    if rebuild is None:
+        rebuild = _built_from_config(type(model)) and dataclasses.is_dataclass(model.config)
     if rebuild:
         config = dataclasses.asdict(model.config)
         rebuilt = type(model).from_config(config)
         ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         theirs = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
         expect(ours == theirs, "from_config(config) builds other parameters than the model's")
+
+
+class RefinerCheckError(AssertionError):
+    """A refiner that breaks the contract callers rely on (raised by check_refiner)."""
+
+
+def check_refiner(
+    refiner: Any,
+    model: Model,
+    x: torch.Tensor,
+    *,
+    eval_samples: int = 64,
+    tolerance: float = 1.0,
+) -> None:
+    """Check that ``refiner`` keeps the Refiner contract on ``model`` and ``x``.
+
+    Checks: the trace has shape ``(steps, N)`` and ``result.steps == refiner.steps``;
+    ``on_checkpoint`` is called exactly once at each requested step within ``0..steps``,
+    in order, and never beyond; the posterior serves exactly the N datapoints, samples
+    every latent site and has finite parameters; it is no worse than the start (the
+    amortized posterior), per datapoint, by more than ``tolerance`` nats under an
+    ``eval_samples``-sample NELBO with common noise (refiners keep each datapoint's best
+    under their own estimate, so only Monte-Carlo disagreement is allowed); a warm start
+    from its own result runs and is no worse on average; and ``with_options()`` rebuilds
+    the same refiner.
+
+    Args:
+        refiner: A configured refiner (keep ``steps`` small: the check runs it twice).
+        model: A model (in eval mode).
+        x: A small batch it can score, ``(N, *model.data_shape)``.
+        eval_samples: Samples per NELBO in the comparisons.
+        tolerance: Largest per-datapoint NELBO increase allowed, in nats.
+
+    Raises:
+        RefinerCheckError: The first broken expectation, with what was expected.
+    """
+    import torch
+    from pyro import poutine
+
+    from lvmtoolkit.core.nelbo import nelbo
+
+    def expect(condition: bool, message: str) -> None:
+        if not condition:
+            raise RefinerCheckError(f"{type(refiner).__name__}: {message}")
+
+    n, steps = x.shape[0], refiner.steps
+    expect(steps >= 0 and (steps > 0) == refiner.iterative, "steps and iterative disagree")
+    again = refiner.with_options()
+    expect(type(again) is type(refiner), "with_options() returns another class")
+    expect(again.options == refiner.options, "with_options() changes the options")
+
+    requested = sorted({0, 1, steps, steps + 3})
+    calls: list[int] = []
+
+    def on_checkpoint(step: int, posterior: Any) -> None:
+        calls.append(step)
+        expect(posterior.num_datapoints in (None, n), f"checkpoint {step}: wrong batch size")
+
+    result = refiner.refine(model, x, checkpoints=requested, on_checkpoint=on_checkpoint)
+    expected_calls = [s for s in requested if s <= steps]
+    expect(calls == expected_calls, f"on_checkpoint called at {calls}, not {expected_calls}")
+    expect(result.steps == steps, f"result.steps is {result.steps}, not {steps}")
+    expect(
+        tuple(result.trace.shape) == (steps, n),
+        f"trace has shape {tuple(result.trace.shape)}, not ({steps}, {n})",
+    )
+    posterior = result.posterior
+    expect(posterior.num_datapoints in (None, n), "the posterior serves another batch size")
+    for name, tensor in [*posterior.named_parameters(), *posterior.named_buffers()]:
+        expect(bool(torch.isfinite(tensor).all()), f"posterior tensor {name} is not finite")
+    with torch.no_grad():
+        guide_trace = poutine.trace(posterior).get_trace(x)
+    for site, shape in model.latent_shapes.items():
+        expect(site in guide_trace.nodes, f"the posterior has no site {site!r}")
+        got = tuple(guide_trace.nodes[site]["value"].shape)
+        expect(got == (n, *shape), f"site {site!r} has shape {got}, not ({n}, *{shape})")
+
+    def score(p: Any) -> torch.Tensor:
+        return nelbo(model, p, x, num_samples=eval_samples, seed=12345)
+
+    start, end = score(model.amortized_posterior()), score(posterior)
+    expect(bool(torch.isfinite(end).all()), "the refined posterior's NELBO is not finite")
+    worst = (end - start).max().item()
+    expect(worst <= tolerance, f"a datapoint got worse by {worst:.3f} nats (> {tolerance})")
+    warm = refiner.refine(model, x, init=posterior)
+    expect(warm.posterior.num_datapoints in (None, n), "a warm start serves another batch size")
+    warm_end = score(warm.posterior)
+    expect(
+        warm_end.mean().item() <= end.mean().item() + tolerance / 4,
+        f"a warm start from its own result got worse on average "
+        f"({end.mean().item():.3f} -> {warm_end.mean().item():.3f})",
+    )
