@@ -36,12 +36,11 @@ from collections.abc import Callable
 import pyro
 import torch
 
-from lvmtoolkit.core.checkpoint import load_checkpoint
 from lvmtoolkit.core.elbo import per_datapoint_elbo
 from lvmtoolkit.core.refiner import Refiner
 from lvmtoolkit.core.runtime import frozen
 from lvmtoolkit.data import binarize_fixed
-from lvmtoolkit.plugins import get_backend, get_dataset
+from lvmtoolkit.plugins import get_backend, get_dataset, load_checkpoint
 from lvmtoolkit.refiners import SVIFlowRefiner, SVIRefiner
 
 

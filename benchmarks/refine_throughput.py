@@ -26,10 +26,9 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from lvmtoolkit.core.checkpoint import load_checkpoint
 from lvmtoolkit.core.runtime import frozen
 from lvmtoolkit.data import binarize_fixed
-from lvmtoolkit.plugins import get_backend, get_dataset
+from lvmtoolkit.plugins import get_backend, get_dataset, load_checkpoint
 from lvmtoolkit.refiners import SVIRefiner
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"

@@ -13,9 +13,8 @@ import time
 
 import torch
 
-from lvmtoolkit.core.checkpoint import load_checkpoint
 from lvmtoolkit.metrics import iwae_bound, nelbo
-from lvmtoolkit.plugins import get_backend, get_dataset
+from lvmtoolkit.plugins import get_backend, get_dataset, load_checkpoint
 
 
 def main() -> None:

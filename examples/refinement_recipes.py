@@ -18,10 +18,9 @@ from pathlib import Path
 
 import torch
 
-from lvmtoolkit.core.checkpoint import load_checkpoint
 from lvmtoolkit.data import binarize_fixed
 from lvmtoolkit.metrics import ConvergenceRule, gap_report, nelbo
-from lvmtoolkit.plugins import get_backend, get_dataset, get_refiner
+from lvmtoolkit.plugins import get_backend, get_dataset, get_refiner, load_checkpoint
 
 RECIPES = {
     "paper": {"optimizer": "adam", "lr": 1e-3},
@@ -81,7 +80,7 @@ def main() -> None:
     star = gap_report(
         model,
         x,
-        lambda n: svi(steps=n, lr=0.05, gradient="stl", schedule="cosine"),
+        svi(lr=0.05, gradient="stl", schedule="cosine"),
         steps=(),
         rule=ConvergenceRule(round_steps=1000, tolerance=0.02, max_steps=5000),
         iwae_samples=1,

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import torch
 
-from lvmtoolkit.core.checkpoint import load_checkpoint
 from lvmtoolkit.data import EVAL_BINARIZATION_SEED, binarize_fixed
 from lvmtoolkit.metrics import nelbo_after_steps
-from lvmtoolkit.plugins import backends, get_dataset, get_refiner
+from lvmtoolkit.plugins import backends, get_dataset, get_refiner, load_checkpoint
 
 PAPER = {  # Tables 1 and 2 of the paper: steps -> (train, test)
     "vae": {1: (99.86, 101.34), 10: (99.71, 101.16), 100: (99.07, 100.23), 1000: (96.67, 98.9)},

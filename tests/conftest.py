@@ -48,6 +48,6 @@ def bundled_vae():
     """The VAE checkpoint shipped in the lvm-vae package."""
     from lvm_vae.model import VAE
 
-    from lvmtoolkit.core.checkpoint import load_checkpoint
+    from lvmtoolkit.plugins import load_checkpoint
 
     return load_checkpoint(VAE.default_checkpoint(), backend="vae")

@@ -19,7 +19,8 @@ from torch import nn
 import lvmtoolkit as lvm
 from lvmtoolkit import hookimpl
 from lvmtoolkit.adapters import AdapterError, PyroVAE, TorchVAE, TorchVAEConfig
-from lvmtoolkit.core.checkpoint import load_checkpoint, save_checkpoint
+from lvmtoolkit.core.checkpoint import save_checkpoint
+from lvmtoolkit.plugins import load_checkpoint
 from lvmtoolkit.testing import check_model
 
 ROOT = Path(__file__).parent.parent

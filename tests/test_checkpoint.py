@@ -4,8 +4,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lvmtoolkit.core.checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
+from lvmtoolkit.core.checkpoint import read_checkpoint_info, save_checkpoint
 from lvmtoolkit.errors import CheckpointError
+from lvmtoolkit.plugins import load_checkpoint
 
 
 def test_roundtrip_folder_and_single_file(tiny_vae, tmp_path):

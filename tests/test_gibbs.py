@@ -219,7 +219,7 @@ def _backends_with_checkpoints():
 
 @pytest.mark.parametrize("backend", _backends_with_checkpoints())
 def test_every_installed_backend_plugs_in(backend, mnist5k_test_images):
-    from lvmtoolkit.core.checkpoint import load_checkpoint
+    from lvmtoolkit.plugins import load_checkpoint
 
     model = load_checkpoint(plugins.get_backend(backend).default_checkpoint())
     x = mnist5k_test_images[:4]

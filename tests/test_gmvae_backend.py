@@ -5,10 +5,10 @@ import pytest
 import torch
 from lvm_gmvae.model import GMVAE, GMVAEConfig
 
-from lvmtoolkit.core.checkpoint import load_checkpoint
 from lvmtoolkit.core.elbo import per_datapoint_elbo
 from lvmtoolkit.data import binarize_fixed
 from lvmtoolkit.metrics import nelbo
+from lvmtoolkit.plugins import load_checkpoint
 from lvmtoolkit.refiners import SVIRefiner
 
 

@@ -12,14 +12,14 @@ from lvm_nvae.model import NVAE, NVAEConfig, NVAEFlow, NVAEFlowConfig
 from lvm_nvae.posterior import NVAELocalPosterior, NVAEPosterior
 
 from lvmtoolkit.cli import cli
-from lvmtoolkit.core.checkpoint import load_checkpoint, save_checkpoint
+from lvmtoolkit.core.checkpoint import save_checkpoint
 from lvmtoolkit.core.elbo import DATA_PLATE, per_datapoint_elbo
 from lvmtoolkit.core.runtime import frozen
 from lvmtoolkit.core.training import train
 from lvmtoolkit.errors import CheckpointError
 from lvmtoolkit.flows import GaussianFlow
 from lvmtoolkit.metrics import iwae_bound, nelbo
-from lvmtoolkit.plugins import get_backend
+from lvmtoolkit.plugins import get_backend, load_checkpoint
 from lvmtoolkit.refiners import SVIFlowRefiner, SVIRefiner, make_local_posterior
 from lvmtoolkit.refiners.svi import dimension_scale
 

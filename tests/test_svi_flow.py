@@ -191,7 +191,7 @@ def test_iwae_bound_accepts_a_flow_posterior(tiny_vae, digits):
 def test_rows_must_match_the_batch(tiny_vae, digits):
     with frozen(tiny_vae):
         local = make_local_posterior(tiny_vae.amortized_posterior(), digits, num_flows=1)
-    with pytest.raises(LvmError, match="rows hold 2"):
+    with pytest.raises(LvmError, match="holds 2 datapoints"):
         per_datapoint_elbo(tiny_vae.model, local.rows(slice(0, 2)), digits[:3])
     with pytest.raises(LvmError, match="holds 32"):
         per_datapoint_elbo(tiny_vae.model, local, digits[:3])

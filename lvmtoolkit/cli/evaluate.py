@@ -198,35 +198,6 @@ def _select_models(
     return models, used, skipped
 
 
-def _select_refiners(names: list[str] | None, options: dict[str, str]) -> dict[str, Any]:
-    import dataclasses
-
-    from lvmtoolkit.errors import OptionError
-    from lvmtoolkit.plugins import get_refiner
-    from lvmtoolkit.plugins import refiners as installed_refiners
-    from lvmtoolkit.tasks import gibbs_refiner
-
-    names = names if names is not None else sorted(installed_refiners())
-    per_refiner: dict[str, dict[str, str]] = {name: {} for name in names}
-    for key, value in options.items():
-        scope, dot, option = key.rpartition(".")
-        if dot:
-            if scope not in per_refiner:
-                raise OptionError(f"option {key}: refiner {scope!r} is not evaluated")
-            per_refiner[scope][option] = value
-            continue
-        takers = [
-            name
-            for name in names
-            if option in {f.name for f in dataclasses.fields(get_refiner(name).options_class)}
-        ]
-        if not takers:
-            raise OptionError(f"option {key}: none of the refiners {', '.join(names)} has it")
-        for name in takers:
-            per_refiner[name].setdefault(option, value)
-    return {name: gibbs_refiner(name, **per_refiner[name]) for name in names}
-
-
 def _evaluate(
     task: str,
     *,
@@ -255,13 +226,11 @@ def _evaluate(
     from rich.markup import escape
 
     from lvmtoolkit.core.runtime import resolve_device, set_threads
-    from lvmtoolkit.data import EVAL_BINARIZATION_SEED
     from lvmtoolkit.errors import OptionError
     from lvmtoolkit.images import check_writable, save_grid
     from lvmtoolkit.metrics.fid import feature_extractor
     from lvmtoolkit.plugins import get_dataset
-    from lvmtoolkit.tasks import GIBBS_REFINER_DEFAULTS
-    from lvmtoolkit.tasks.evaluation import CORRUPTION_SEED, evaluate_task, grid_columns, kinds_of
+    from lvmtoolkit.tasks.evaluation import evaluate_task, gibbs_refiners, grid_columns, kinds_of
 
     if as_json and markdown:
         raise OptionError("choose one of --json and --markdown")
@@ -273,7 +242,7 @@ def _evaluate(
         raise OptionError(f"unknown kind {', '.join(unknown)}; kinds: {', '.join(kinds_of(task))}")
     if grid is not None:
         check_writable(grid)
-    refiner_objs = _select_refiners(_names(refiners), parse_key_values(options, "--option"))
+    refiner_objs = gibbs_refiners(_names(refiners), parse_key_values(options, "--option"))
     extractor = None
     if fid_features != "none":
         dims = int(fid_dims) if fid_dims is not None else None
@@ -297,10 +266,11 @@ def _evaluate(
             extractor=extractor,
             record_every=record_every,
             grid_rows=grid_rows if grid is not None else 0,
+            images_label=f"first {images.shape[0]} of the split",
             log=log,
         )
     if grid is not None:
-        columns, missing = grid_columns(outcome["grid"])
+        columns, missing = grid_columns(outcome.extras["grid"])
         save_grid(grid, columns, missing=missing, missing_column=1, max_rows=len(columns[0][1]))
 
     report = {
@@ -308,27 +278,12 @@ def _evaluate(
         "backends": used,
         "skipped_backends": skipped,
         "refiners": {
-            name: {k: str(v) for k, v in vars(r.options).items()}
-            for name, r in refiner_objs.items()
+            name: {k: str(v) for k, v in options.items()}
+            for name, options in outcome.refiners.items()
         },
-        "kinds": {k: kinds_of(task)[k] for k in kind_list},
-        "protocol": {
-            "dataset": dataset,
-            "split": split,
-            "images": f"first {images.shape[0]} of the split",
-            "binarization": f"fixed Bernoulli draw, seed {EVAL_BINARIZATION_SEED}, for models "
-            "of binary data",
-            "corruption_seed": CORRUPTION_SEED,
-            "iterations": iterations,
-            "chain_seed": seed,
-            "result": "likelihood mean at the last iteration in the unknown pixels",
-            "per_iteration_defaults": GIBBS_REFINER_DEFAULTS,
-            "ssim": "pytorch_msssim.ssim, single scale, 11x11 Gaussian window, data_range 1; "
-            "mean over images (sem: its standard error)",
-            "fid": extractor.label if extractor is not None else None,
-            "fid_reference": "the clean versions of the same images",
-        },
-        "results": outcome["results"],
+        "kinds": outcome.protocol["kinds"],
+        "protocol": {"dataset": dataset, "split": split, **outcome.protocol},
+        "results": outcome.results,
         "grid": str(grid) if grid is not None else None,
     }
     if as_json:

@@ -139,55 +139,50 @@ def gaps(
       lvm gaps --dataset mnist --data-dir ../shared/data/mnist --iwae-samples 5000
     """
     from lvmtoolkit.core.runtime import resolve_device, set_threads
-    from lvmtoolkit.data import EVAL_BINARIZATION_SEED
     from lvmtoolkit.errors import OptionError
-    from lvmtoolkit.metrics.gaps import ConvergenceRule, gap_report
+    from lvmtoolkit.metrics.gaps import ConvergenceRule, gaps_report
     from lvmtoolkit.plugins import get_dataset, get_refiner
 
     set_threads(threads)
     torch_device = resolve_device(device)
-    refiner_class = get_refiner(refiner)
     values = parse_key_values(options, "--option")
     if "steps" in values:
         raise OptionError("steps are set by --steps and the stopping rule, not -o steps=...")
-    if "steps" not in refiner_class.option_names():
+    refiner_obj = get_refiner(refiner)(**values)  # validates the options before the long run
+    if not refiner_obj.iterative:
         raise OptionError(f"refiner {refiner!r} takes no steps; q* needs an iterative refiner")
-    refiner_class(steps=1, **values)  # validate the options before the long run
     rule = ConvergenceRule(round_steps, tolerance, max_steps)
     data_source = get_dataset(dataset)(data_dir)
     model, checkpoint = load_model(backend, checkpoint, torch_device)
+    split_images = {split: data_source.load(split).images[:num_images] for split in splits}
 
-    results: dict[str, Any] = {}
-    for split in splits:
-        images = data_source.load(split).images[:num_images]
-        x = model.evaluation_data(images).to(torch_device)
-        with stderr.status(f"{split}: gaps on {x.shape[0]} images"):
-            results[split] = gap_report(
-                model,
-                x,
-                lambda n: refiner_class(steps=n, **values),
-                steps=steps,
-                rule=rule,
-                iwae_samples=iwae_samples,
-                eval_samples=eval_samples,
-                seed=seed,
-                log=lambda line, split=split: stderr.print(f"[dim]{split}: {line}[/dim]"),
-            )
-    report = {
+    with stderr.status(f"gaps on {num_images} images per split"):
+        report = gaps_report(
+            model,
+            refiner_obj,
+            split_images,
+            steps=steps,
+            rule=rule,
+            iwae_samples=iwae_samples,
+            eval_samples=eval_samples,
+            seed=seed,
+            images=f"first {num_images} of each split",
+            log=lambda split, line: stderr.print(f"[dim]{split}: {line}[/dim]"),
+        )
+    rendered = {
         "backend": backend,
         "checkpoint": checkpoint,
         "dataset": dataset,
         "refiner": refiner,
         "options": values,
-        "binarization": (
-            f"fixed, seed {EVAL_BINARIZATION_SEED}" if model.binary_data else "none (grey levels)"
-        ),
-        "results": results,
+        "binarization": report.protocol["binarization"],
+        "protocol": report.protocol,
+        "results": report.results,
     }
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps(rendered, indent=2))
         return
-    _print(report, splits)
+    _print(rendered, splits)
 
 
 def _print(report: dict[str, Any], splits: list[str]) -> None:

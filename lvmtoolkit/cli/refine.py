@@ -16,6 +16,8 @@ from lvmtoolkit.cli.common import (
     runtime_options,
     stderr,
 )
+from lvmtoolkit.cli.jobs import input_options, is_job, output_options
+from lvmtoolkit.cli.jobs import run_refine as run_job
 
 
 def parse_int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
@@ -93,6 +95,8 @@ def register(cli: click.Group) -> None:
     show_default=True,
     help="Seed of the evaluation noise (the same for every row).",
 )
+@input_options
+@output_options
 @runtime_options
 @click.option("--json", "as_json", is_flag=True, help="Write the results as JSON to stdout.")
 def refine(
@@ -107,6 +111,12 @@ def refine(
     num_images: int,
     eval_samples: int,
     eval_seed: int,
+    data: tuple[str, ...],
+    model_spec: str | None,
+    output: str | None,
+    overwrite: bool,
+    shard_size: int,
+    iwae_samples: int,
     device: str,
     threads: int | None,
     as_json: bool,
@@ -127,73 +137,81 @@ def refine(
       lvm refine --steps 1,10,100 --split test --num-images 200 --json
       lvm refine -o optimizer=sgd -o lr=0.5 -o momentum=0.9
       lvm refine --dataset mnist --data-dir ../shared/data/mnist --split test
+
+    With --data, --model or --output it runs as a job over all the data, in shards: your
+    own images or arrays (--data), your own model (--model my_vae.py:build), every
+    datapoint's refined posterior and NELBOs written to --output DIR (read them with
+    lvmtoolkit.load_results), resumed by running the same command again, and split
+    across processes by torchrun. See docs/jobs.md.
+
+    \b
+    Job examples:
+      lvm refine --model my_vae.py:build --data pngs/ --output out/
+      lvm refine --data digits.npy --steps 10,100 --output out/ --iwae-samples 1000
+      torchrun --nproc-per-node 4 -m lvmtoolkit refine --data big.npy --output out/
     """
+    if is_job(output, data, model_spec):
+        return run_job(
+            backend=backend,
+            checkpoint=checkpoint,
+            model_spec=model_spec,
+            refiner=refiner,
+            options=options,
+            steps=steps,
+            data=data,
+            dataset=dataset,
+            data_dir=data_dir,
+            splits=splits,
+            num_images=num_images,
+            eval_samples=eval_samples,
+            eval_seed=eval_seed,
+            iwae_samples=iwae_samples,
+            shard_size=shard_size,
+            output=output,
+            overwrite=overwrite,
+            device=device,
+            threads=threads,
+            as_json=as_json,
+        )
     from lvmtoolkit.core.runtime import resolve_device, set_threads
-    from lvmtoolkit.data import EVAL_BINARIZATION_SEED
     from lvmtoolkit.errors import OptionError
-    from lvmtoolkit.metrics import nelbo_after_steps
+    from lvmtoolkit.metrics import refinement_report
     from lvmtoolkit.plugins import get_dataset, get_refiner
 
     set_threads(threads)
     torch_device = resolve_device(device)
-    refiner_class = get_refiner(refiner)
     values = parse_key_values(options, "--option")
     if "steps" in values:
         raise OptionError("set the number of steps with --steps, not -o steps=...")
-    takes_steps = "steps" in refiner_class.option_names()
-    if takes_steps:
-        values["steps"] = str(max(steps))
-    refiner_obj = refiner_class(**values)
+    refiner_obj = get_refiner(refiner)(**values)
     data_source = get_dataset(dataset)(data_dir)
     model, checkpoint = load_model(backend, checkpoint, torch_device)
+    split_images = {split: data_source.load(split).images[:num_images] for split in splits}
 
-    results: dict[str, Any] = {}
-    for split in splits:
-        data = data_source.load(split)
-        images = data.images[:num_images]
-        x = model.evaluation_data(images).to(torch_device)
-        with stderr.status(f"{split}: {refiner} on {x.shape[0]} images"):
-            results[split] = nelbo_after_steps(
-                model,
-                refiner_obj,
-                x,
-                steps if takes_steps else [],
-                eval_samples=eval_samples,
-                eval_seed=eval_seed,
-                log=lambda line, split=split: stderr.print(f"[dim]{split}: {line}[/dim]"),
-            )
-
-    report = {
+    with stderr.status(f"{refiner} on {num_images} images per split"):
+        report = refinement_report(
+            model,
+            refiner_obj,
+            split_images,
+            steps,
+            eval_samples=eval_samples,
+            eval_seed=eval_seed,
+            images=f"first {num_images} of each split",
+            log=lambda split, line: stderr.print(f"[dim]{split}: {line}[/dim]"),
+        )
+    rendered = {
         "backend": backend,
         "checkpoint": checkpoint,
         "refiner": refiner,
-        "options": _jsonable(vars(refiner_obj.options)),
+        "options": report.refiners[refiner],
         "dataset": dataset,
-        "protocol": {
-            "metric": "NELBO in nats per image, mean over images (lower is better)",
-            "samples_per_nelbo": eval_samples,
-            "kl": "closed form where the posterior/prior pair has one, else Monte Carlo",
-            "binarization": (
-                f"fixed Bernoulli draw, seed {EVAL_BINARIZATION_SEED}"
-                if model.binary_data
-                else "none (grey levels)"
-            ),
-            "images": f"first {num_images} of each split",
-            "eval_seed": eval_seed,
-        },
-        "results": results,
+        "protocol": report.protocol,
+        "results": report.results,
     }
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps(rendered, indent=2))
     else:
-        _print_table(report, splits)
-
-
-def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
-        for k, v in values.items()
-    }
+        _print_table(rendered, splits)
 
 
 def _print_table(report: dict[str, Any], splits: list[str]) -> None:

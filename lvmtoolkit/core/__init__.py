@@ -3,12 +3,15 @@
 from lvmtoolkit.core.checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
 from lvmtoolkit.core.elbo import DATA_PLATE, DetachedScore, per_datapoint_elbo
 from lvmtoolkit.core.model import Model, config_from_dict
+from lvmtoolkit.core.nelbo import nelbo
 from lvmtoolkit.core.options import describe_options, option, parse_options
 from lvmtoolkit.core.posterior import (
     AmortizedGaussianPosterior,
     GaussianParams,
     GaussianPosterior,
     LocalGaussianPosterior,
+    LocalPosterior,
+    LocalRows,
     Posterior,
 )
 from lvmtoolkit.core.refiner import CheckpointCallback, Refiner, RefineResult
@@ -23,6 +26,8 @@ __all__ = [
     "GaussianParams",
     "GaussianPosterior",
     "LocalGaussianPosterior",
+    "LocalPosterior",
+    "LocalRows",
     "Model",
     "Posterior",
     "RefineResult",
@@ -31,6 +36,7 @@ __all__ = [
     "describe_options",
     "frozen",
     "load_checkpoint",
+    "nelbo",
     "option",
     "parse_options",
     "per_datapoint_elbo",

@@ -1,4 +1,5 @@
-"""NELBO of any posterior, averaged over samples, per datapoint."""
+"""NELBO of any posterior, averaged over samples, per datapoint: the estimator refiners
+select with and every report scores with (``lvmtoolkit.metrics`` re-exports it)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from lvmtoolkit.core.elbo import per_datapoint_elbo
 from lvmtoolkit.core.model import Model
 from lvmtoolkit.core.posterior import Posterior
 from lvmtoolkit.core.runtime import chunks, frozen, mask_rows, seeded
+from lvmtoolkit.core.validation import check_batch
 
 
 @torch.no_grad()
@@ -41,6 +43,8 @@ def nelbo(
     Returns:
         Tensor of shape ``(N,)``.
     """
+    check_batch(model, x, mask)
+    posterior.check_batch_size(x.shape[0])
     total = torch.zeros(x.shape[0], device=x.device)
     with frozen(model), seeded(seed, x.device), pyro.validation_enabled(False):
         for part in chunks(x.shape[0], chunk_size):

@@ -1,15 +1,23 @@
 """Posteriors: Pyro guides over a Model's latent sites.
 
-Two families are built in. :class:`AmortizedGaussianPosterior` runs an encoder (one network
-for all datapoints). :class:`LocalGaussianPosterior` holds a mean and a log-scale *per
-datapoint* for every latent site, initialised from another Gaussian posterior; it is what the
-``svi`` refiner optimises. Both expose :meth:`GaussianPosterior.gaussian_params` so one can be
-turned into the other.
+The whole posterior contract lives here. A :class:`Posterior` is a Pyro guide that declares
+what it supports (``supports_stl``) and for how many datapoints it holds parameters
+(``num_datapoints``; None for amortized posteriors, which take any batch).
+
+Two kinds are built in. :class:`AmortizedGaussianPosterior` runs an encoder (one network for
+all datapoints). A :class:`LocalPosterior` holds free parameters *per datapoint* of one batch,
+every registered tensor with the datapoints on dimension 0; that one rule gives every family
+what a refiner needs (a differentiable view of some rows, an independent copy, a row-wise
+copy from another posterior of the family). :class:`LocalGaussianPosterior` (a mean and a
+log-scale per datapoint and site, what ``svi`` optimises) is one family; the refiners'
+per-datapoint flows and the NVAE's hierarchical offsets are others.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from typing import ClassVar
 
 import pyro
 import pyro.distributions as dist
@@ -29,6 +37,29 @@ class Posterior(nn.Module):
     Subclasses implement :meth:`guide`; calling the module calls the guide, so a Posterior can
     be passed anywhere Pyro expects a guide.
     """
+
+    supports_stl: ClassVar[bool] = False
+    """Whether every site is scored with only this posterior's own parameters detached (a
+    Normal whose loc and scale are the guide's own parameters, or a
+    :class:`~lvmtoolkit.core.elbo.DetachedScore` site), so that a refiner may stick the
+    landing. A family declares it; refiners read it and never probe."""
+
+    num_datapoints: int | None = None
+    """N for a posterior tied to one batch of N datapoints, in order; None for one that takes
+    any batch (amortized posteriors)."""
+
+    def check_batch_size(self, n: int) -> None:
+        """Raise :class:`~lvmtoolkit.errors.LvmError` unless this posterior serves ``n`` rows.
+
+        A posterior refined for N datapoints scores exactly those N: called with fewer, it
+        would silently use its first rows for other datapoints.
+        """
+        if self.num_datapoints is not None and n != self.num_datapoints:
+            raise LvmError(
+                f"this posterior holds {self.num_datapoints} datapoints but was given a batch "
+                f"of {n}; pass the batch it was refined for (or select rows with "
+                ".select(index) and pass those datapoints)"
+            )
 
     def guide(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         """Sample every latent site inside ``pyro.plate("data", len(x))``."""
@@ -79,7 +110,134 @@ class AmortizedGaussianPosterior(GaussianPosterior):
         return self.encoder(x)
 
 
-class LocalGaussianPosterior(GaussianPosterior):
+class LocalPosterior(Posterior):
+    """Base class of posteriors with free parameters per datapoint of one batch.
+
+    Subclasses register only per-datapoint tensors (dimension 0 = datapoint) as parameters
+    and buffers, keep shared objects in ``self.shared`` (a dict that copies share, e.g. a
+    frozen model whose networks the guide runs), and implement :meth:`local_guide`. The base
+    gives the rest: the batch-size check of :meth:`guide`, :meth:`rows`, :meth:`select`,
+    :meth:`assign` and warm starts (:meth:`local_posterior`).
+
+    Args:
+        num_datapoints: N, the size of the batch this posterior belongs to.
+    """
+
+    def __init__(self, num_datapoints: int):
+        super().__init__()
+        self.num_datapoints = int(num_datapoints)
+        self.shared: dict[str, object] = {}
+
+    def local_guide(self, x: torch.Tensor, index: slice | torch.Tensor) -> None:
+        """Sample every latent site for the rows ``index`` of the parameters.
+
+        ``x`` holds those rows' datapoints (``len(x)`` rows); sample inside
+        ``pyro.plate("data", len(x))``.
+        """
+        raise NotImplementedError
+
+    def guide(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        self.check_batch_size(x.shape[0])
+        self.local_guide(x, slice(None))
+
+    def rows(self, index: slice | torch.Tensor) -> Posterior:
+        """A differentiable view of the datapoints ``index`` (repeats allowed)."""
+        return LocalRows(self, index)
+
+    def per_datapoint_tensors(self) -> list[tuple[str, torch.Tensor]]:
+        """Every registered parameter and buffer, by name (all have N rows)."""
+        return [*self.named_parameters(), *self.named_buffers()]
+
+    def check(self) -> None:
+        """Raise if a registered tensor does not have the datapoints on dimension 0."""
+        for name, tensor in self.per_datapoint_tensors():
+            if tensor.dim() == 0 or tensor.shape[0] != self.num_datapoints:
+                raise LvmError(
+                    f"{type(self).__name__}.{name} has shape {tuple(tensor.shape)}; every "
+                    f"registered tensor of a local posterior needs {self.num_datapoints} rows"
+                )
+
+    def select(self, index: slice | torch.Tensor) -> LocalPosterior:
+        """An independent copy holding only the datapoints ``index``."""
+        # Shared objects (the model) are shared by the copy, not copied.
+        memo = {id(value): value for value in self.shared.values()}
+        memo[id(self.shared)] = self.shared
+        with torch.no_grad():
+            clone = copy.deepcopy(self, memo)
+            for module in clone.modules():
+                for name, param in module._parameters.items():
+                    if param is not None:
+                        module._parameters[name] = nn.Parameter(param[index].clone())
+                for name, buffer in module._buffers.items():
+                    if buffer is not None:
+                        module._buffers[name] = buffer[index].clone()
+        clone.num_datapoints = next(iter(clone.per_datapoint_tensors()))[1].shape[0]
+        return clone
+
+    def assign(self, source: LocalPosterior, where: torch.Tensor) -> None:
+        """Copy ``source``'s parameters into this posterior for the datapoints ``where``."""
+        mine, theirs = dict(self.per_datapoint_tensors()), dict(source.per_datapoint_tensors())
+        if mine.keys() != theirs.keys():
+            raise LvmError("assign needs two local posteriors of the same family")
+        with torch.no_grad():
+            for name, tensor in mine.items():
+                tensor[where] = theirs[name][where]
+
+    def local_posterior(self, x: torch.Tensor, **_: object) -> LocalPosterior:
+        """Warm start: a copy of this posterior (it already is per datapoint)."""
+        if x.shape[0] != self.num_datapoints:
+            raise LvmError(
+                f"cannot start from a local posterior of {self.num_datapoints} datapoints "
+                f"for a batch of {x.shape[0]}"
+            )
+        return self.select(slice(None))
+
+    def _register_gaussian(self, params: GaussianParams) -> None:
+        """Register ``loc`` and ``log_scale`` (ParameterDicts by site) from ``params``.
+
+        For families that start from one diagonal Gaussian per site; ``params`` must hold
+        ``num_datapoints`` rows (see :meth:`batch_size_of`).
+        """
+        self.loc = nn.ParameterDict(
+            {k: nn.Parameter(loc.detach().clone()) for k, (loc, _) in params.items()}
+        )
+        self.log_scale = nn.ParameterDict(
+            {k: nn.Parameter(scale.detach().log().clone()) for k, (_, scale) in params.items()}
+        )
+
+    @staticmethod
+    def batch_size_of(params: GaussianParams) -> int:
+        """N of ``{site: (loc, scale)}``; raise if there is no site or the sites disagree."""
+        if not params:
+            raise LvmError("a local posterior needs at least one latent site")
+        sizes = {loc.shape[0] for loc, _ in params.values()}
+        if len(sizes) != 1:
+            raise LvmError(f"latent sites disagree on the number of datapoints: {sorted(sizes)}")
+        return sizes.pop()
+
+
+class LocalRows(Posterior):
+    """Some rows of a :class:`LocalPosterior`, sharing its parameters (gradients reach it)."""
+
+    def __init__(self, parent: LocalPosterior, index: slice | torch.Tensor):
+        super().__init__()
+        self._parent = [parent]  # a list keeps the parent out of this module's parameters
+        self.index = index
+        if isinstance(index, slice):
+            self.num_datapoints = len(range(parent.num_datapoints)[index])
+        else:
+            self.num_datapoints = int(index.shape[0])
+
+    @property
+    def supports_stl(self) -> bool:  # type: ignore[override]
+        return self._parent[0].supports_stl
+
+    def guide(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        self.check_batch_size(x.shape[0])
+        self._parent[0].local_guide(x, self.index)
+
+
+class LocalGaussianPosterior(LocalPosterior, GaussianPosterior):
     """Per-datapoint diagonal Gaussians: free ``loc`` and ``log_scale`` for each datapoint.
 
     The guide is tied to one batch of N datapoints, in order: call it with those N rows.
@@ -93,19 +251,8 @@ class LocalGaussianPosterior(GaussianPosterior):
     drops exactly the score that sticking the landing drops."""
 
     def __init__(self, params: GaussianParams):
-        super().__init__()
-        if not params:
-            raise LvmError("a local posterior needs at least one latent site")
-        sizes = {loc.shape[0] for loc, _ in params.values()}
-        if len(sizes) != 1:
-            raise LvmError(f"latent sites disagree on the number of datapoints: {sorted(sizes)}")
-        self.num_datapoints = sizes.pop()
-        self.loc = nn.ParameterDict(
-            {k: nn.Parameter(loc.detach().clone()) for k, (loc, _) in params.items()}
-        )
-        self.log_scale = nn.ParameterDict(
-            {k: nn.Parameter(scale.detach().log().clone()) for k, (_, scale) in params.items()}
-        )
+        super().__init__(self.batch_size_of(params))
+        self._register_gaussian(params)
 
     @classmethod
     def from_posterior(cls, posterior: Posterior, x: torch.Tensor) -> LocalGaussianPosterior:
@@ -119,50 +266,15 @@ class LocalGaussianPosterior(GaussianPosterior):
             return cls(posterior.gaussian_params(x))
 
     def gaussian_params(self, x: torch.Tensor | None = None) -> GaussianParams:
-        if x is not None and x.shape[0] != self.num_datapoints:
-            raise LvmError(
-                f"this local posterior holds {self.num_datapoints} datapoints but was called "
-                f"with a batch of {x.shape[0]}"
-            )
+        if x is not None:
+            self.check_batch_size(x.shape[0])
         return {k: (self.loc[k], self.log_scale[k].exp()) for k in self.loc}
 
-    def rows(self, index: slice | torch.Tensor) -> RowsOfLocalPosterior:
-        """A differentiable view of some datapoints (gradients reach this posterior)."""
-        return RowsOfLocalPosterior(self, index)
-
-    def select(self, index: slice | torch.Tensor) -> LocalGaussianPosterior:
-        """An independent copy holding only the datapoints ``index``."""
-        with torch.no_grad():
-            return LocalGaussianPosterior(
-                {
-                    k: (loc[index], scale[index])
-                    for k, (loc, scale) in self.gaussian_params().items()
-                }
-            )
-
-    def assign(self, source: LocalGaussianPosterior, where: torch.Tensor) -> None:
-        """Copy ``source``'s parameters into this posterior for datapoints where ``where``."""
-        with torch.no_grad():
-            for k in self.loc:
-                self.loc[k][where] = source.loc[k][where]
-                self.log_scale[k][where] = source.log_scale[k][where]
-
-
-class RowsOfLocalPosterior(GaussianPosterior):
-    """Some rows of a :class:`LocalGaussianPosterior`, sharing its parameters."""
-
-    def __init__(self, parent: LocalGaussianPosterior, index: slice | torch.Tensor):
-        super().__init__()
-        self._parent = [parent]  # a list keeps the parent out of this module's parameters
-        self.index = index
-
-    def gaussian_params(self, x: torch.Tensor) -> GaussianParams:
-        parent = self._parent[0]
-        params = {
-            k: (parent.loc[k][self.index], parent.log_scale[k][self.index].exp())
-            for k in parent.loc
-        }
-        n = next(iter(params.values()))[0].shape[0]
-        if x.shape[0] != n:
-            raise LvmError(f"these rows hold {n} datapoints but were called with {x.shape[0]}")
-        return params
+    def local_guide(self, x: torch.Tensor, index: slice | torch.Tensor) -> None:
+        with pyro.plate(DATA_PLATE, x.shape[0]):
+            for name in self.loc:
+                loc, scale = self.loc[name][index], self.log_scale[name][index].exp()
+                pyro.sample(
+                    name,
+                    dist.Normal(loc, scale, validate_args=False).to_event(loc.dim() - 1),
+                )

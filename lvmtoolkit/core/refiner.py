@@ -46,7 +46,14 @@ class RefineResult:
 
 
 class Refiner:
-    """Base class of refiners; subclasses set ``name``, ``options_class`` and :meth:`refine`.
+    """Base class of refiners: a template method, as Pyro's ELBO is.
+
+    The public :meth:`refine` does what every refiner needs (validates the batch and the
+    mask, resolves ``init`` to the model's amortized posterior and checks it serves the
+    batch, keeps only the checkpoints the run reaches) and then calls :meth:`_refine`, the
+    one method a subclass implements. Subclasses set ``name``, ``description``,
+    ``options_class`` and, if they take optimisation steps (an option ``steps``),
+    ``iterative = True``.
 
     Args:
         **options: Values for the fields of ``options_class`` (strings are converted and
@@ -56,14 +63,34 @@ class Refiner:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     options_class: ClassVar[type] = NoOptions
+    iterative: ClassVar[bool] = False
+    """Whether the refiner takes optimisation steps, set by its ``steps`` option (callers
+    read this flag, never probe the options). A non-iterative refiner returns its result
+    after "0 steps"."""
 
     def __init__(self, **options: Any):
         self.options = parse_options(self.options_class, options)
+        if self.iterative and "steps" not in self.option_names():
+            raise LvmError(f"refiner {self.name!r} is iterative but has no 'steps' option")
 
     @classmethod
     def option_names(cls) -> set[str]:
-        """Names of the options this refiner takes (e.g. to check for ``steps``)."""
+        """Names of the options this refiner takes."""
         return {f.name for f in dataclasses.fields(cls.options_class)}
+
+    @property
+    def steps(self) -> int:
+        """Steps a run takes: the ``steps`` option of an iterative refiner, else 0."""
+        return int(self.options.steps) if self.iterative else 0
+
+    def with_options(self, **changes: Any) -> Refiner:
+        """A new refiner of the same class with some options changed, validated again.
+
+        Raises:
+            OptionError: An unknown option or an invalid value.
+        """
+        values = {f.name: getattr(self.options, f.name) for f in dataclasses.fields(self.options)}
+        return type(self)(**{**values, **changes})
 
     def refine(
         self,
@@ -79,13 +106,39 @@ class Refiner:
         Args:
             model: The generative model; its parameters are not changed.
             x: Batch of shape ``(N, *model.data_shape)``.
-            init: Posterior to start from; the model's amortized posterior by default.
+            init: Posterior to start from (for these N datapoints, if it is per datapoint);
+                the model's amortized posterior by default.
             mask: Optional observed-pixel mask, as for ``Model.model``.
-            checkpoints: Step counts at which ``on_checkpoint`` is called.
-            on_checkpoint: See :data:`CheckpointCallback`.
+            checkpoints: Step counts at which ``on_checkpoint`` is called; those outside
+                ``0..steps`` are never reached and are dropped.
+            on_checkpoint: See :data:`CheckpointCallback`; called once per kept checkpoint,
+                in increasing order.
 
         Returns:
             The refined posterior and the per-step, per-datapoint NELBO trace.
+
+        Raises:
+            LvmError: A batch, mask or starting posterior that does not fit the model.
+        """
+        check_batch(model, x, mask)
+        if init is None:
+            init = model.amortized_posterior()
+        init.check_batch_size(x.shape[0])
+        reached = sorted({int(s) for s in checkpoints if 0 <= int(s) <= self.steps})
+        return self._refine(model, x, init, mask, reached, on_checkpoint)
+
+    def _refine(
+        self,
+        model: Model,
+        x: torch.Tensor,
+        init: Posterior,
+        mask: torch.Tensor | None,
+        checkpoints: list[int],
+        on_checkpoint: CheckpointCallback | None,
+    ) -> RefineResult:
+        """The refiner's own work, on validated input (see :meth:`refine`).
+
+        ``checkpoints`` are sorted, distinct and within ``0..self.steps``; call
+        ``on_checkpoint`` at exactly those.
         """
         raise NotImplementedError
-

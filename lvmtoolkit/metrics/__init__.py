@@ -1,8 +1,18 @@
-"""Metrics of posteriors and models."""
+"""Metrics of posteriors and models, and the reports that carry their protocol."""
 
-from lvmtoolkit.metrics.gaps import ConvergenceRule, gap_report
+from lvmtoolkit.metrics.gaps import ConvergenceRule, gap_report, gaps_report
 from lvmtoolkit.metrics.iwae import iwae_bound
 from lvmtoolkit.metrics.nelbo import nelbo
-from lvmtoolkit.metrics.refinement import nelbo_after_steps
+from lvmtoolkit.metrics.refinement import nelbo_after_steps, refinement_report
+from lvmtoolkit.metrics.report import Report
 
-__all__ = ["ConvergenceRule", "gap_report", "iwae_bound", "nelbo", "nelbo_after_steps"]
+__all__ = [
+    "ConvergenceRule",
+    "Report",
+    "gap_report",
+    "gaps_report",
+    "iwae_bound",
+    "nelbo",
+    "nelbo_after_steps",
+    "refinement_report",
+]

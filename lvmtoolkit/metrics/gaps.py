@@ -14,7 +14,7 @@ L[q*] - L[q] (the encoder's fault); their sum is the inference gap.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,9 +26,7 @@ from lvmtoolkit.core.refiner import Refiner, check_batch
 from lvmtoolkit.errors import LvmError
 from lvmtoolkit.metrics.iwae import iwae_bound
 from lvmtoolkit.metrics.nelbo import nelbo
-
-RefinerFactory = Callable[[int], Refiner]
-"""Builds a refiner that runs the given number of steps."""
+from lvmtoolkit.metrics.report import Report, binarization_of, options_of
 
 
 @dataclass
@@ -52,7 +50,7 @@ class ConvergenceRule:
 def gap_report(
     model: Model,
     x: torch.Tensor,
-    make_refiner: RefinerFactory,
+    refiner: Refiner,
     *,
     steps: Sequence[int] = (1, 10, 100, 1000),
     rule: ConvergenceRule | None = None,
@@ -66,7 +64,7 @@ def gap_report(
     Args:
         model: The generative model.
         x: Batch ready for the model (binarised if the model's data are binary).
-        make_refiner: Builds the refiner for a given number of steps (e.g. svi).
+        refiner: An iterative refiner (e.g. svi); its ``steps`` option is set per run.
         steps: Step counts at which to report how much of the amortization gap is closed.
         rule: Stopping rule for q*; see :class:`ConvergenceRule`.
         iwae_samples: k of the IWAE bound for log p̂(x).
@@ -82,6 +80,8 @@ def gap_report(
         ICML 2018.
     """
     check_batch(model, x)
+    if not refiner.iterative:
+        raise LvmError(f"refiner {refiner.name!r} takes no steps; q* needs an iterative refiner")
     rule = rule or ConvergenceRule()
     started = time.perf_counter()
     say = log or (lambda line: None)
@@ -99,7 +99,7 @@ def gap_report(
         say(f"step {step}: ELBO {at_step[step].mean().item():.3f}")
 
     first = max(steps) if steps else rule.round_steps
-    result = make_refiner(first).refine(
+    result = refiner.with_options(steps=first).refine(
         model, x, checkpoints=list(steps), on_checkpoint=on_checkpoint
     )
     posterior, total = result.posterior, result.steps
@@ -107,7 +107,7 @@ def gap_report(
     reason = "max_steps"
     while total < rule.max_steps:
         budget = min(rule.round_steps, rule.max_steps - total)
-        posterior = make_refiner(budget).refine(model, x, init=posterior).posterior
+        posterior = refiner.with_options(steps=budget).refine(model, x, init=posterior).posterior
         total += budget
         new = elbo(posterior)
         gain = (new.mean() - current.mean()).item()
@@ -145,3 +145,61 @@ def gap_report(
         "eval_samples": eval_samples,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def gaps_report(
+    model: Model,
+    refiner: Refiner,
+    splits: Mapping[str, torch.Tensor],
+    *,
+    steps: Sequence[int] = (1, 10, 100, 1000),
+    rule: ConvergenceRule | None = None,
+    iwae_samples: int = 1000,
+    eval_samples: int = 100,
+    seed: int = 0,
+    images: str = "",
+    log: Callable[[str, str], None] | None = None,
+) -> Report:
+    """:func:`gap_report` for each split, with the protocol that produced the numbers.
+
+    Args:
+        model: The generative model.
+        refiner: An iterative refiner that finds q*.
+        splits: Split name -> images in [0, 1]; prepared with :meth:`Model.evaluation_data`.
+        steps: See :func:`gap_report`.
+        rule: See :func:`gap_report`.
+        iwae_samples: See :func:`gap_report`.
+        eval_samples: See :func:`gap_report`.
+        seed: See :func:`gap_report`.
+        images: Which images these are, in words, for the protocol.
+        log: Called as ``log(split, line)`` with progress lines.
+
+    Returns:
+        A :class:`~lvmtoolkit.metrics.report.Report` whose results map each split to
+        :func:`gap_report`'s numbers.
+    """
+    rule = rule or ConvergenceRule()
+    results = {}
+    for split, split_images in splits.items():
+        x = model.evaluation_data(split_images).to(model.device)
+        results[split] = gap_report(
+            model,
+            x,
+            refiner,
+            steps=steps,
+            rule=rule,
+            iwae_samples=iwae_samples,
+            eval_samples=eval_samples,
+            seed=seed,
+            log=None if log is None else lambda line, split=split: log(split, line),
+        )
+    protocol = {
+        "metric": "nats per image, mean over images (higher ELBO and log p is better)",
+        "log_px": f"IWAE-{iwae_samples} with q* as proposal, seed {seed + 1}",
+        "elbo": f"{eval_samples}-sample Monte-Carlo ELBO (log p(x, z) - log q(z)), seed {seed}",
+        "q_star": f"{refiner.name} until the rule holds",
+        "rule": asdict(rule),
+        "binarization": binarization_of(model),
+        "images": images or {split: int(t.shape[0]) for split, t in splits.items()},
+    }
+    return Report("gaps", [model.name], {refiner.name: options_of(refiner)}, protocol, results)

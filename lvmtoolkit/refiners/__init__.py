@@ -9,7 +9,6 @@ from lvmtoolkit.hookspecs import hookimpl
 from lvmtoolkit.refiners.amortized import AmortizedRefiner
 from lvmtoolkit.refiners.local import (
     LocalFlowPosterior,
-    LocalPosterior,
     SupportsLocalPosterior,
     make_local_posterior,
 )
@@ -19,7 +18,6 @@ from lvmtoolkit.refiners.svi_flow import SVIFlowOptions, SVIFlowRefiner
 __all__ = [
     "AmortizedRefiner",
     "LocalFlowPosterior",
-    "LocalPosterior",
     "PaperSVIOptions",
     "PaperSVIRefiner",
     "SVIFlowOptions",

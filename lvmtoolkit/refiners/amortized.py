@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 from lvmtoolkit.core.model import Model
 from lvmtoolkit.core.posterior import Posterior
-from lvmtoolkit.core.refiner import CheckpointCallback, Refiner, RefineResult, check_batch
+from lvmtoolkit.core.refiner import CheckpointCallback, Refiner, RefineResult
 
 
 class AmortizedRefiner(Refiner):
@@ -17,15 +15,15 @@ class AmortizedRefiner(Refiner):
     name = "amortized"
     description = "the encoder's posterior q(z|x) as is: one network pass, no optimisation"
 
-    def refine(
+    def _refine(
         self,
         model: Model,
         x: torch.Tensor,
-        init: Posterior | None = None,
-        mask: torch.Tensor | None = None,
-        checkpoints: Sequence[int] = (),
-        on_checkpoint: CheckpointCallback | None = None,
+        init: Posterior,
+        mask: torch.Tensor | None,
+        checkpoints: list[int],
+        on_checkpoint: CheckpointCallback | None,
     ) -> RefineResult:
-        check_batch(model, x)
-        posterior = init if init is not None else model.amortized_posterior()
-        return RefineResult(posterior, torch.empty(0, x.shape[0]), steps=0)
+        if on_checkpoint is not None and checkpoints == [0]:
+            on_checkpoint(0, init)
+        return RefineResult(init, torch.empty(0, x.shape[0]), steps=0)

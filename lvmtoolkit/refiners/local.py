@@ -1,14 +1,9 @@
-"""Per-datapoint posteriors that svi-style refiners optimise, and how to start one.
+"""How svi-style refiners start a per-datapoint posterior, and its flow family.
 
-A *local* posterior holds free parameters for each datapoint of one batch: every parameter
-and buffer it registers has the datapoints on dimension 0. That one rule gives, for any
-family, what a refiner needs to optimise all datapoints at once and keep the best of each:
-a differentiable view of some rows (:meth:`LocalPosterior.rows`), an independent copy
-(:meth:`LocalPosterior.select`) and a row-wise copy from another posterior of the same
-family (:meth:`LocalPosterior.assign`). Whatever is shared by all datapoints (a model whose
-frozen networks the guide runs) is kept out of the registered state.
-
-:func:`make_local_posterior` turns a starting posterior into a local one:
+The per-datapoint contract itself (:class:`~lvmtoolkit.core.posterior.LocalPosterior`: rows,
+copies, row-wise assignment) lives in the core. This module adds the per-datapoint flow
+family (:class:`LocalFlowPosterior`) and :func:`make_local_posterior`, which turns a starting
+posterior into a local one:
 
 - a posterior that knows how to do it (it has a ``local_posterior`` method, see
   :class:`SupportsLocalPosterior`) builds its own, e.g. the NVAE's hierarchical posterior,
@@ -20,7 +15,6 @@ frozen networks the guide runs) is kept out of the registered state.
 
 from __future__ import annotations
 
-import copy
 from typing import Protocol, runtime_checkable
 
 import pyro
@@ -33,120 +27,13 @@ from lvmtoolkit.core.posterior import (
     GaussianParams,
     GaussianPosterior,
     LocalGaussianPosterior,
+    LocalPosterior,
     Posterior,
 )
 from lvmtoolkit.errors import LvmError
 from lvmtoolkit.flows import BatchedAutoregressiveCell, GaussianFlow
 
 STRUCTURES = ("hierarchical", "mean-field")
-
-
-class LocalPosterior(Posterior):
-    """Base class of posteriors with free parameters per datapoint of one batch.
-
-    Subclasses register only per-datapoint tensors (dimension 0 = datapoint) as parameters
-    and buffers, keep shared objects in ``self.shared`` (a dict that copies share), and
-    implement :meth:`local_guide`.
-
-    Args:
-        num_datapoints: N, the size of the batch this posterior belongs to.
-    """
-
-    supports_stl: bool = False
-    """Whether every site is scored with only this posterior's own parameters detached
-    (:class:`~lvmtoolkit.core.elbo.DetachedScore`), so that ``svi`` may stick the landing."""
-
-    def __init__(self, num_datapoints: int):
-        super().__init__()
-        self.num_datapoints = int(num_datapoints)
-        self.shared: dict[str, object] = {}
-
-    def local_guide(self, x: torch.Tensor, index: slice | torch.Tensor) -> None:
-        """Sample every latent site for the rows ``index`` of the parameters.
-
-        ``x`` holds those rows' datapoints (``len(x)`` rows); sample inside
-        ``pyro.plate("data", len(x))``.
-        """
-        raise NotImplementedError
-
-    def guide(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
-        if x.shape[0] != self.num_datapoints:
-            raise LvmError(
-                f"this local posterior holds {self.num_datapoints} datapoints but was called "
-                f"with a batch of {x.shape[0]}"
-            )
-        self.local_guide(x, slice(None))
-
-    def rows(self, index: slice | torch.Tensor) -> Posterior:
-        """A differentiable view of the datapoints ``index`` (repeats allowed)."""
-        return LocalRows(self, index)
-
-    def per_datapoint_tensors(self) -> list[tuple[str, torch.Tensor]]:
-        """Every registered parameter and buffer, by name (all have N rows)."""
-        return [*self.named_parameters(), *self.named_buffers()]
-
-    def check(self) -> None:
-        """Raise if a registered tensor does not have the datapoints on dimension 0."""
-        for name, tensor in self.per_datapoint_tensors():
-            if tensor.dim() == 0 or tensor.shape[0] != self.num_datapoints:
-                raise LvmError(
-                    f"{type(self).__name__}.{name} has shape {tuple(tensor.shape)}; every "
-                    f"registered tensor of a local posterior needs {self.num_datapoints} rows"
-                )
-
-    def select(self, index: slice | torch.Tensor) -> LocalPosterior:
-        """An independent copy holding only the datapoints ``index``."""
-        # Shared objects (the model) are shared by the copy, not copied.
-        memo = {id(value): value for value in self.shared.values()}
-        memo[id(self.shared)] = self.shared
-        with torch.no_grad():
-            clone = copy.deepcopy(self, memo)
-            for module in clone.modules():
-                for name, param in module._parameters.items():
-                    if param is not None:
-                        module._parameters[name] = nn.Parameter(param[index].clone())
-                for name, buffer in module._buffers.items():
-                    if buffer is not None:
-                        module._buffers[name] = buffer[index].clone()
-        clone.num_datapoints = next(iter(clone.per_datapoint_tensors()))[1].shape[0]
-        return clone
-
-    def assign(self, source: LocalPosterior, where: torch.Tensor) -> None:
-        """Copy ``source``'s parameters into this posterior for the datapoints ``where``."""
-        mine, theirs = dict(self.per_datapoint_tensors()), dict(source.per_datapoint_tensors())
-        if mine.keys() != theirs.keys():
-            raise LvmError("assign needs two local posteriors of the same family")
-        with torch.no_grad():
-            for name, tensor in mine.items():
-                tensor[where] = theirs[name][where]
-
-    def local_posterior(self, x: torch.Tensor, **_: object) -> LocalPosterior:
-        """Warm start: a copy of this posterior (it already is per datapoint)."""
-        if x.shape[0] != self.num_datapoints:
-            raise LvmError(
-                f"cannot start from a local posterior of {self.num_datapoints} datapoints "
-                f"for a batch of {x.shape[0]}"
-            )
-        return self.select(slice(None))
-
-
-class LocalRows(Posterior):
-    """Some rows of a :class:`LocalPosterior`, sharing its parameters (gradients reach it)."""
-
-    def __init__(self, parent: LocalPosterior, index: slice | torch.Tensor):
-        super().__init__()
-        self._parent = [parent]  # a list keeps the parent out of this module's parameters
-        self.index = index
-
-    def guide(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
-        parent = self._parent[0]
-        if isinstance(self.index, slice):
-            n = len(range(parent.num_datapoints)[self.index])
-        else:
-            n = self.index.shape[0]
-        if x.shape[0] != n:
-            raise LvmError(f"these rows hold {n} datapoints but were called with {x.shape[0]}")
-        parent.local_guide(x, self.index)
 
 
 @runtime_checkable
@@ -188,20 +75,10 @@ class LocalFlowPosterior(LocalPosterior):
     """
 
     def __init__(self, params: GaussianParams, num_flows: int, flow_hidden: int = 4, seed: int = 0):
-        if not params:
-            raise LvmError("a local posterior needs at least one latent site")
         if num_flows < 1 or flow_hidden < 1:
             raise LvmError(f"need num_flows >= 1 and flow_hidden >= 1 ({num_flows}, {flow_hidden})")
-        sizes = {loc.shape[0] for loc, _ in params.values()}
-        if len(sizes) != 1:
-            raise LvmError(f"latent sites disagree on the number of datapoints: {sorted(sizes)}")
-        super().__init__(sizes.pop())
-        self.loc = nn.ParameterDict(
-            {k: nn.Parameter(loc.detach().clone()) for k, (loc, _) in params.items()}
-        )
-        self.log_scale = nn.ParameterDict(
-            {k: nn.Parameter(scale.detach().log().clone()) for k, (_, scale) in params.items()}
-        )
+        super().__init__(self.batch_size_of(params))
+        self._register_gaussian(params)
         generator = torch.Generator().manual_seed(seed)
         flows = {}
         for site, (loc, _) in params.items():
@@ -237,7 +114,7 @@ def make_local_posterior(
     num_flows: int = 0,
     flow_hidden: int = 4,
     seed: int = 0,
-) -> Posterior:
+) -> LocalPosterior:
     """The per-datapoint posterior a refiner optimises, starting from ``init`` at ``x``.
 
     Call it with the model frozen (eval mode), as refiners do.
@@ -255,20 +132,28 @@ def make_local_posterior(
         seed: Seed of those steps' random first layers.
 
     Returns:
-        A posterior with ``rows``, ``select`` and ``assign`` whose parameters all have the
-        datapoints on dimension 0.
+        A :class:`~lvmtoolkit.core.posterior.LocalPosterior` for the datapoints of ``x``.
 
     Raises:
         LvmError: ``init`` is neither Gaussian nor able to build a local posterior.
     """
     if structure not in STRUCTURES:
         raise LvmError(f"structure must be one of {', '.join(STRUCTURES)}, got {structure!r}")
-    if isinstance(init, LocalPosterior) or (
-        structure == "hierarchical" and isinstance(init, SupportsLocalPosterior)
+    # A plain per-datapoint Gaussian asked for flows gets them on top of its Gaussians (below);
+    # any other local posterior warm-starts as a copy of itself.
+    adds_flows = num_flows > 0 and type(init) is LocalGaussianPosterior
+    if (isinstance(init, LocalPosterior) and not adds_flows) or (
+        structure == "hierarchical"
+        and not isinstance(init, LocalPosterior)
+        and isinstance(init, SupportsLocalPosterior)
     ):
         local = init.local_posterior(x, num_flows=num_flows, flow_hidden=flow_hidden, seed=seed)
-        if isinstance(local, LocalPosterior):
-            local.check()
+        if not isinstance(local, LocalPosterior):
+            raise LvmError(
+                f"{type(init).__name__}.local_posterior returned a {type(local).__name__}, "
+                "not a LocalPosterior"
+            )
+        local.check()
         return local
     if not isinstance(init, GaussianPosterior):
         raise LvmError(

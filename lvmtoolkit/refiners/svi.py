@@ -10,7 +10,6 @@ per-datapoint steps.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyro
@@ -18,11 +17,12 @@ import torch
 
 from lvmtoolkit.core.elbo import per_datapoint_elbo
 from lvmtoolkit.core.model import Model
+from lvmtoolkit.core.nelbo import nelbo
 from lvmtoolkit.core.options import option
-from lvmtoolkit.core.posterior import Posterior
-from lvmtoolkit.core.refiner import CheckpointCallback, Refiner, RefineResult, check_batch
+from lvmtoolkit.core.posterior import LocalPosterior, Posterior
+from lvmtoolkit.core.refiner import CheckpointCallback, Refiner, RefineResult
 from lvmtoolkit.core.runtime import chunks, frozen, mask_rows, seeded, stream_seed
-from lvmtoolkit.metrics.nelbo import nelbo
+from lvmtoolkit.core.validation import check_allocation
 from lvmtoolkit.refiners.local import STRUCTURES, make_local_posterior
 
 OPTIMIZERS = {
@@ -111,19 +111,19 @@ class SVIRefiner(Refiner):
     description = "per-datapoint mu/sigma initialised from the encoder, optimised by SVI"
     options_class = SVIOptions
 
-    def refine(
+    iterative = True
+
+    def _refine(
         self,
         model: Model,
         x: torch.Tensor,
-        init: Posterior | None = None,
-        mask: torch.Tensor | None = None,
-        checkpoints: Sequence[int] = (),
-        on_checkpoint: CheckpointCallback | None = None,
+        init: Posterior,
+        mask: torch.Tensor | None,
+        checkpoints: list[int],
+        on_checkpoint: CheckpointCallback | None,
     ) -> RefineResult:
-        check_batch(model, x)
         o = self.options
         n = x.shape[0]
-        init = init if init is not None else model.amortized_posterior()
         # Selection noise differs from the optimisation noise (and from the plain seed an
         # evaluation would use) but is the same for every candidate, so per-datapoint
         # comparisons are paired.
@@ -146,12 +146,16 @@ class SVIRefiner(Refiner):
         # STL drops the guide's own parameters from log q. Detaching a Normal site's
         # parameters does exactly that for independent per-datapoint Gaussians; in a
         # hierarchical posterior it would also cut the path through the groups above.
-        # Posteriors that drop only their own parameters say so; the others use reparam.
-        stl = o.gradient == "stl" and getattr(local, "supports_stl", False)
+        # Families that drop only their own parameters declare it; the others use reparam.
+        stl = o.gradient == "stl" and local.supports_stl
         best = local.select(slice(None))
         best_score = score(best)
+        # Refuse --steps 10**12 here rather than fail in the allocator (or swap).
+        check_allocation(
+            (o.steps, n), torch.float32, f"the trace of {o.steps} steps x {n} datapoints"
+        )
         trace = torch.empty(o.steps, n)
-        marks = {s for s in checkpoints if 1 <= s <= o.steps} | ({o.steps} if o.steps else set())
+        marks = {s for s in checkpoints if s >= 1} | ({o.steps} if o.steps else set())
         improved: dict[int, int] = {}
         if on_checkpoint is not None and 0 in checkpoints:
             on_checkpoint(0, best)
@@ -211,12 +215,12 @@ class SVIRefiner(Refiner):
         """Seed of the noise of the gradient steps (derived from ``seed``)."""
         return stream_seed(self.options.seed, "svi/optimise")
 
-    def _make_local(self, init: Posterior, x: torch.Tensor) -> Posterior:
+    def _make_local(self, init: Posterior, x: torch.Tensor) -> LocalPosterior:
         """The per-datapoint posterior to optimise, starting equal to ``init`` at ``x``."""
         o = self.options
         return make_local_posterior(init, x, structure=o.structure, num_flows=0, seed=o.seed)
 
-    def _param_groups(self, local: Posterior, params: list[torch.Tensor]) -> list[dict]:
+    def _param_groups(self, local: LocalPosterior, params: list[torch.Tensor]) -> list[dict]:
         """One learning rate per tensor: ``lr``, scaled by the size of its latent site."""
         return rate_groups(params, {}, self.options)
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from lvmtoolkit.core.options import option
-from lvmtoolkit.core.posterior import Posterior
+from lvmtoolkit.core.posterior import LocalPosterior, Posterior
 from lvmtoolkit.flows import BatchedAutoregressiveCell
 from lvmtoolkit.refiners.local import LocalFlowPosterior, make_local_posterior
 from lvmtoolkit.refiners.svi import SVIOptions, SVIRefiner, rate_groups
@@ -108,7 +108,7 @@ class SVIFlowRefiner(SVIRefiner):
     )
     options_class = SVIFlowOptions
 
-    def _make_local(self, init: Posterior, x: torch.Tensor) -> Posterior:
+    def _make_local(self, init: Posterior, x: torch.Tensor) -> LocalPosterior:
         o = self.options
         return make_local_posterior(
             init,
@@ -119,7 +119,7 @@ class SVIFlowRefiner(SVIRefiner):
             seed=o.seed,
         )
 
-    def _param_groups(self, local: Posterior, params: list[torch.Tensor]) -> list[dict]:
+    def _param_groups(self, local: LocalPosterior, params: list[torch.Tensor]) -> list[dict]:
         """``svi``'s rates, with flow weights at ``flow_lr / fan_in`` of them (or
         ``hierarchical_flow_lr`` in a posterior's own per-datapoint form)."""
         o = self.options

@@ -20,6 +20,7 @@ _LAZY = {
     "MASK_KINDS": "lvmtoolkit.tasks.kinds",
     "NOISE_KINDS": "lvmtoolkit.tasks.kinds",
     "evaluate_task": "lvmtoolkit.tasks.evaluation",
+    "gibbs_refiners": "lvmtoolkit.tasks.evaluation",
 }
 
 __all__ = sorted(_LAZY)

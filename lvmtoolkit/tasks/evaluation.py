@@ -19,11 +19,13 @@ import torch
 
 from lvmtoolkit.core.model import Model
 from lvmtoolkit.core.refiner import Refiner
+from lvmtoolkit.data import EVAL_BINARIZATION_SEED
 from lvmtoolkit.errors import LvmError, OptionError
 from lvmtoolkit.metrics.fid import FeatureExtractor, features_of, frechet_distance
+from lvmtoolkit.metrics.report import Report, options_of
 from lvmtoolkit.metrics.ssim import ssim
 from lvmtoolkit.tasks.corruption import MASK_KINDS, NOISE_KINDS, add_noise, make_mask
-from lvmtoolkit.tasks.gibbs import denoise, inpaint
+from lvmtoolkit.tasks.gibbs import GIBBS_REFINER_DEFAULTS, denoise, gibbs_refiner, inpaint
 
 Task = Literal["inpaint", "denoise"]
 CORRUPTION_SEED = 2024
@@ -87,8 +89,9 @@ def evaluate_task(
     extractor: FeatureExtractor | None = None,
     record_every: int = 0,
     grid_rows: int = 0,
+    images_label: str = "",
     log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
+) -> Report:
     """Restore corrupted test images with every model x refiner and score them.
 
     Args:
@@ -103,12 +106,14 @@ def evaluate_task(
         extractor: FID feature extractor; None skips FID.
         record_every: Also score SSIM every this many iterations (0: only at the end).
         grid_rows: Keep this many images per kind for a figure (see :func:`grid_columns`).
+        images_label: Which images these are, in words, for the protocol.
         log: Called with a progress line after each chain.
 
     Returns:
-        ``{"results": {model: {kind: {"corrupted": row, refiner: row}}}, "grid": ...}``,
-        where a row holds ``ssim``, ``ssim_sem``, ``fid`` (if scored), ``seconds``,
-        ``ssim_by_iteration`` (if recorded), or ``error`` when that chain failed.
+        A :class:`~lvmtoolkit.metrics.report.Report` of kind ``task`` whose results are
+        ``{model: {kind: {"corrupted": row, refiner: row}}}``, where a row holds ``ssim``,
+        ``ssim_sem``, ``fid`` (if scored), ``seconds``, ``ssim_by_iteration`` (if recorded),
+        or ``error`` when that chain failed; ``extras["grid"]`` holds the kept images.
     """
     from lvmtoolkit.data import binarize_fixed
 
@@ -184,13 +189,75 @@ def evaluate_task(
                         f"{fid_text} ({row['seconds']} s)"
                     )
             results[model_name][kind] = rows
-    return {"results": results, "grid": grid}
+    protocol = {
+        "images": images_label or f"{images.shape[0]} images",
+        "kinds": {k: available[k] for k in kinds},
+        "binarization": f"fixed Bernoulli draw, seed {EVAL_BINARIZATION_SEED}, for models "
+        "of binary data",
+        "corruption_seed": CORRUPTION_SEED,
+        "iterations": iterations,
+        "chain_seed": seed,
+        "result": "likelihood mean at the last iteration in the unknown pixels",
+        "per_iteration_defaults": GIBBS_REFINER_DEFAULTS,
+        "ssim": "pytorch_msssim.ssim, single scale, 11x11 Gaussian window, data_range 1; "
+        "mean over images (sem: its standard error)",
+        "fid": extractor.label if extractor is not None else None,
+        "fid_reference": "the clean versions of the same images",
+    }
+    return Report(
+        task,
+        list(models),
+        {name: options_of(r) for name, r in refiners.items()},
+        protocol,
+        results,
+        extras={"grid": grid},
+    )
+
+
+def gibbs_refiners(
+    names: Sequence[str] | None, options: Mapping[str, Any] | None = None
+) -> dict[str, Refiner]:
+    """Registered refiners configured for the Gibbs loop, with options routed to them.
+
+    An option ``"svi.lr"`` goes to the ``svi`` refiner only; a plain ``"steps"`` goes to
+    every refiner that declares it (and to none that does not; an option no refiner takes
+    is an error). Options not given take :data:`~lvmtoolkit.tasks.GIBBS_REFINER_DEFAULTS`.
+
+    Args:
+        names: Registered refiner names; None: every installed refiner.
+        options: ``{"NAME.KEY" or "KEY": value}``, values typed or as strings.
+
+    Returns:
+        Configured refiners by name.
+
+    Raises:
+        OptionError: An option for a refiner that is not among ``names``, or one that none
+            of them takes, or an invalid value.
+    """
+    from lvmtoolkit.plugins import get_refiner
+    from lvmtoolkit.plugins import refiners as installed_refiners
+
+    names = list(names) if names is not None else sorted(installed_refiners())
+    per_refiner: dict[str, dict[str, Any]] = {name: {} for name in names}
+    for key, value in (options or {}).items():
+        scope, dot, option = key.rpartition(".")
+        if dot:
+            if scope not in per_refiner:
+                raise OptionError(f"option {key}: refiner {scope!r} is not evaluated")
+            per_refiner[scope][option] = value
+            continue
+        takers = [name for name in names if option in get_refiner(name).option_names()]
+        if not takers:
+            raise OptionError(f"option {key}: none of the refiners {', '.join(names)} has it")
+        for name in takers:
+            per_refiner[name].setdefault(option, value)
+    return {name: gibbs_refiner(name, **per_refiner[name]) for name in names}
 
 
 def grid_columns(
     grid: Mapping[str, Any],
 ) -> tuple[list[tuple[str, torch.Tensor]], torch.Tensor | None]:
-    """Columns for :func:`lvmtoolkit.images.save_grid` from ``evaluate_task(...)["grid"]``.
+    """Columns for :func:`lvmtoolkit.images.save_grid` from ``evaluate_task(...).extras["grid"]``.
 
     Rows are the kept images of every kind, one kind after the other; columns are the
     original, the corrupted input and each model x refiner's result (the paper's Figures

@@ -13,8 +13,6 @@ the same chain with no observed pixels: every pixel is redrawn at every iteratio
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -28,6 +26,7 @@ from lvmtoolkit.core.model import Model
 from lvmtoolkit.core.posterior import Posterior
 from lvmtoolkit.core.refiner import Refiner, check_batch
 from lvmtoolkit.core.runtime import frozen, seeded
+from lvmtoolkit.core.validation import soft_targets
 from lvmtoolkit.errors import LvmError, OptionError
 
 Output = Literal["mean", "sample"]
@@ -88,11 +87,12 @@ def gibbs_refiner(name: str = "amortized", **options: Any) -> Refiner:
     from lvmtoolkit.plugins import get_refiner
 
     refiner_class = get_refiner(name)
-    declared = {f.name for f in dataclasses.fields(refiner_class.options_class)}
+    declared = refiner_class.option_names()
     defaults = {k: v for k, v in GIBBS_REFINER_DEFAULTS.items() if k in declared}
     return refiner_class(**{**defaults, **options})
 
 
+@soft_targets
 def inpaint(
     model: Model,
     x: torch.Tensor,
@@ -154,6 +154,7 @@ def inpaint(
     return _gibbs(model, start, mask, refiner, iterations, seed, output, record_every, warm_start)
 
 
+@soft_targets
 def denoise(
     model: Model,
     x: torch.Tensor,
@@ -190,19 +191,14 @@ def iteration_seed(refiner_seed: int, chain_seed: int, iteration: int) -> int:
 
 
 def _for_iteration(refiner: Refiner, chain_seed: int, iteration: int) -> Refiner:
-    """A shallow copy whose ``seed`` option (if any) is new at every iteration.
+    """The refiner with its ``seed`` option (if it has one) new at every iteration.
 
     Re-running a refiner with one seed would reuse the same optimisation noise in every
     iteration, so the warm-started posterior would be fitted to a few fixed draws.
     """
-    options = getattr(refiner, "options", None)
-    if not dataclasses.is_dataclass(options) or not hasattr(options, "seed"):
+    if "seed" not in refiner.option_names():
         return refiner
-    local = copy.copy(refiner)
-    local.options = dataclasses.replace(
-        options, seed=iteration_seed(options.seed, chain_seed, iteration)
-    )
-    return local
+    return refiner.with_options(seed=iteration_seed(refiner.options.seed, chain_seed, iteration))
 
 
 def _draw_latents(model: Model, posterior: Posterior, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -13,14 +13,13 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from pyro import poutine
 
 import lvmtoolkit as lvm
-from lvmtoolkit.core import CheckpointCallback, frozen, seeded, stream_seed
+from lvmtoolkit import CheckpointCallback, frozen, seeded, stream_seed
 
 
 @dataclass
@@ -41,24 +40,28 @@ class ImportanceRefiner(lvm.Refiner):
     name = "importance"
     description = "moment matching to importance-weighted samples, round by round (no gradients)"
     options_class = ImportanceOptions
+    iterative = True  # it takes `steps` rounds
 
-    def refine(
+    def _refine(
         self,
         model: lvm.Model,
         x: torch.Tensor,
-        init: lvm.Posterior | None = None,
-        mask: torch.Tensor | None = None,
-        checkpoints: Sequence[int] = (),
-        on_checkpoint: CheckpointCallback | None = None,
+        init: lvm.Posterior,
+        mask: torch.Tensor | None,
+        checkpoints: list[int],
+        on_checkpoint: CheckpointCallback | None,
     ) -> lvm.RefineResult:
+        # Refiner.refine has validated x and mask, resolved init and kept the checkpoints
+        # within 0..steps before calling this.
         o = self.options
-        init = init if init is not None else model.amortized_posterior()
         with frozen(model), torch.no_grad():
             current = lvm.LocalGaussianPosterior.from_posterior(init, x)
             best = current.select(slice(None))
             best_score = self._score(model, best, x, mask)
+            if on_checkpoint is not None and 0 in checkpoints:
+                on_checkpoint(0, best)
             trace = torch.empty(o.steps, x.shape[0])
-            marks = set(checkpoints) | {o.steps}
+            marks = {s for s in checkpoints if s >= 1} | {o.steps}
             with seeded(stream_seed(o.seed, "importance/sample"), x.device):
                 for step in range(1, o.steps + 1):
                     log_w, z = self._weighted_samples(model, current, x, mask)

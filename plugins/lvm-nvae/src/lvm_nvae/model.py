@@ -34,7 +34,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pyro
 import pyro.distributions as dist
@@ -43,12 +42,8 @@ from torch import nn
 from torch.distributions import kl_divergence
 
 from lvm_nvae.cells import ResidualCell
-from lvmtoolkit import DATA_PLATE, Model
-from lvmtoolkit.errors import CheckpointError
-from lvmtoolkit.flows import AffineAutoregressive, AutoregressiveConvCell, GaussianFlow
-
-if TYPE_CHECKING:
-    from lvm_nvae.posterior import NVAEPosterior
+from lvm_nvae.posterior import NVAEPosterior, posterior_dist
+from lvmtoolkit import DATA_PLATE, AutoregressiveConvCell, CheckpointError, Model
 
 try:
     _VERSION = importlib.metadata.version("lvm-nvae")
@@ -302,34 +297,6 @@ class NVAE(Model):
         mu, log_sigma = self.prior_params(index, state)
         return dist.Normal(mu, log_sigma.exp(), validate_args=False).to_event(3)
 
-    def posterior_dist(
-        self,
-        index: int,
-        feature: torch.Tensor,
-        state: torch.Tensor,
-        offsets: tuple[torch.Tensor, torch.Tensor] | None = None,
-        flows: list[AffineAutoregressive] | None = None,
-    ) -> dist.TorchDistribution:
-        """q(z_l | z_<l, x): the residual normal, then flow steps if there are any.
-
-        Args:
-            index: Group index.
-            feature: The encoder's feature for this group.
-            state: Top-down state before the group.
-            offsets: Per-datapoint ``(dmu, dlog_sigma)`` added to the encoder's residual
-                (per-datapoint refinement); None for the amortized posterior.
-            flows: Flow steps to use; None: the model's own, conditioned on ``feature``.
-        """
-        mu_p, log_sigma_p = self.prior_params(index, state)
-        dmu, dlog_sigma = self.residual_params(index, feature, state)
-        if offsets is not None:
-            dmu, dlog_sigma = dmu + offsets[0], dlog_sigma + offsets[1]
-        base = dist.Normal(mu_p + dmu, (log_sigma_p + dlog_sigma).exp(), validate_args=False)
-        base = base.to_event(3)
-        if flows is None:
-            flows = [cell.condition(feature) for cell in self.flows[index]]
-        return GaussianFlow(base, flows) if flows else base
-
     def logits(self, state: torch.Tensor) -> torch.Tensor:
         """Bernoulli logits of the pixels from the final top-down state."""
         return self.output(self.postprocess(state))
@@ -365,8 +332,6 @@ class NVAE(Model):
         return drawn
 
     def amortized_posterior(self) -> NVAEPosterior:
-        from lvm_nvae.posterior import NVAEPosterior
-
         return NVAEPosterior(self)
 
     # --- training ------------------------------------------------------------------------
@@ -384,7 +349,7 @@ class NVAE(Model):
         kls: list[torch.Tensor] = []
 
         def sampler(index: int, state: torch.Tensor) -> torch.Tensor:
-            q = self.posterior_dist(index, features[index], state)
+            q = posterior_dist(self, index, features[index], state)
             z = q.rsample()
             kls.append(kl_divergence(q, self.prior_dist(index, state)))
             return z

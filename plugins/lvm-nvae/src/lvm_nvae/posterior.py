@@ -28,11 +28,17 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from lvm_nvae.model import NVAE
-from lvmtoolkit import DATA_PLATE, DetachedScore, GaussianParams, GaussianPosterior
-from lvmtoolkit.errors import LvmError
-from lvmtoolkit.flows import BatchedAutoregressiveCell, GaussianFlow
-from lvmtoolkit.refiners import LocalPosterior
+from lvmtoolkit import (
+    DATA_PLATE,
+    AffineAutoregressive,
+    BatchedAutoregressiveCell,
+    DetachedScore,
+    GaussianFlow,
+    GaussianParams,
+    GaussianPosterior,
+    LocalPosterior,
+    LvmError,
+)
 
 
 @contextlib.contextmanager
@@ -46,6 +52,40 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
+def posterior_dist(
+    model: nn.Module,
+    index: int,
+    feature: torch.Tensor,
+    state: torch.Tensor,
+    offsets: tuple[torch.Tensor, torch.Tensor] | None = None,
+    flows: list[AffineAutoregressive] | None = None,
+) -> dist.TorchDistribution:
+    """q(z_l | z_<l, x) of an NVAE: the residual normal, then flow steps if there are any.
+
+    The NVAE's posterior is parameterised relative to its prior (Vahdat & Kautz, Eq. 2):
+    ``N(mu_p + dmu, sigma_p * exp(dlog_sigma))`` with the prior's parameters and the
+    encoder's residual ones both given by the model.
+
+    Args:
+        model: The NVAE (``prior_params``, ``residual_params`` and ``flows``).
+        index: Group index.
+        feature: The encoder's feature for this group.
+        state: Top-down state before the group.
+        offsets: Per-datapoint ``(dmu, dlog_sigma)`` added to the encoder's residual
+            (per-datapoint refinement); None for the amortized posterior.
+        flows: Flow steps to use; None: the model's own, conditioned on ``feature``.
+    """
+    mu_p, log_sigma_p = model.prior_params(index, state)
+    dmu, dlog_sigma = model.residual_params(index, feature, state)
+    if offsets is not None:
+        dmu, dlog_sigma = dmu + offsets[0], dlog_sigma + offsets[1]
+    base = dist.Normal(mu_p + dmu, (log_sigma_p + dlog_sigma).exp(), validate_args=False)
+    base = base.to_event(3)
+    if flows is None:
+        flows = [cell.condition(feature) for cell in model.flows[index]]
+    return GaussianFlow(base, flows) if flows else base
+
+
 class NVAEPosterior(GaussianPosterior):
     """q(z | x) of the NVAE: bottom-up features, then the shared top-down path.
 
@@ -53,12 +93,13 @@ class NVAEPosterior(GaussianPosterior):
         model: The NVAE whose encoder and decoder this posterior runs (not copied).
     """
 
-    def __init__(self, model: NVAE):
+    def __init__(self, model: nn.Module):
         super().__init__()
         self._model = [model]  # a list keeps the model out of this module's parameters
 
     @property
-    def model(self) -> NVAE:
+    def model(self) -> nn.Module:
+        """The NVAE."""
         return self._model[0]
 
     def guide(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
@@ -68,7 +109,7 @@ class NVAEPosterior(GaussianPosterior):
             model.top_down(
                 x.shape[0],
                 lambda i, s: pyro.sample(
-                    model.groups[i].name, model.posterior_dist(i, features[i], s)
+                    model.groups[i].name, posterior_dist(model, i, features[i], s)
                 ),
             )
 
@@ -85,7 +126,7 @@ class NVAEPosterior(GaussianPosterior):
         params: GaussianParams = {}
 
         def sampler(index: int, state: torch.Tensor) -> torch.Tensor:
-            q = model.posterior_dist(index, features[index], state)
+            q = posterior_dist(model, index, features[index], state)
             steps = q.transforms if isinstance(q, dist.TransformedDistribution) else []
             normal = (q.base_dist if steps else q).base_dist
             loc, scale = normal.loc, normal.scale
@@ -133,7 +174,7 @@ class NVAELocalPosterior(LocalPosterior):
 
     def __init__(
         self,
-        model: NVAE,
+        model: nn.Module,
         x: torch.Tensor,
         *,
         num_flows: int = 0,
@@ -177,7 +218,8 @@ class NVAELocalPosterior(LocalPosterior):
             self.flows[group.name] = nn.ModuleList(cells)
 
     @property
-    def model(self) -> NVAE:
+    def model(self) -> nn.Module:
+        """The NVAE (shared by copies, never copied)."""
         return self.shared["model"]  # type: ignore[return-value]
 
     @property
@@ -198,7 +240,7 @@ class NVAELocalPosterior(LocalPosterior):
                     if name in self.flows
                     else None  # the model's own flows (if any), amortized
                 )
-                q = model.posterior_dist(i, feature, state, offsets=offsets, flows=flows)
+                q = posterior_dist(model, i, feature, state, offsets=offsets, flows=flows)
                 if flows is None:  # offsets only: sticking the landing may drop their score
                     q = DetachedScore(q, _detach_offsets(q, offsets))
                 return pyro.sample(name, q)
