@@ -89,6 +89,7 @@ _LAZY = {
     "add_noise": "lvmtoolkit.tasks",
     "make_mask": "lvmtoolkit.tasks",
     "ssim": "lvmtoolkit.metrics.ssim",
+    "load_results": "lvmtoolkit.jobs",
     "fid": "lvmtoolkit.metrics.fid",
     # registries
     "get_backend": "lvmtoolkit.plugins",

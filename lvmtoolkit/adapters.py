@@ -1,10 +1,10 @@
-"""Adapters: any pretrained VAE as a :class:`~lvmtoolkit.core.model.Model`.
+"""Adapters: any pretrained VAE as a `Model`.
 
 Two ways in, both giving a model that every refiner and task accepts:
 
-- :class:`TorchVAE` wraps a plain PyTorch encoder and decoder (any ``nn.Module``, any
+- `TorchVAE` wraps a plain PyTorch encoder and decoder (any ``nn.Module``, any
   latent shape) with a N(0, I) prior and a Bernoulli or Gaussian likelihood.
-- :class:`PyroVAE` wraps a Pyro model and guide that you already have; it renames their
+- `PyroVAE` wraps a Pyro model and guide that you already have; it renames their
   data plate and observed site to the toolkit's conventions and masks pixels for
   inpainting, so the model's code does not change.
 
@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 LIKELIHOODS = ("bernoulli", "bernoulli-probs", "gaussian")
-"""Likelihoods :class:`TorchVAE` builds from the decoder's output:
+"""Likelihoods `TorchVAE` builds from the decoder's output:
 
 - ``"bernoulli"``: the decoder returns logits.
 - ``"bernoulli-probs"``: the decoder returns probabilities (ends in a sigmoid).
@@ -65,7 +65,7 @@ LIKELIHOODS = ("bernoulli", "bernoulli-probs", "gaussian")
 """
 
 ENCODER_SCALES = ("logvar", "log_scale", "scale")
-"""How :class:`TorchVAE` reads the second half of the encoder's output: log-variance (as in
+"""How `TorchVAE` reads the second half of the encoder's output: log-variance (as in
 most PyTorch VAE code), log standard deviation, or standard deviation."""
 
 # The local posterior that refiners optimise stores log(scale): a scale that underflows to
@@ -124,13 +124,13 @@ def _check_scale(raw: Any) -> None:
 
 @dataclass
 class TorchVAEConfig:
-    """What a :class:`TorchVAE` was built with (written into checkpoints).
+    """What a `TorchVAE` was built with (written into checkpoints).
 
     Attributes:
         data_shape: Shape of one datapoint, e.g. ``(1, 28, 28)``.
         latent_shape: Shape of one latent, e.g. ``(16,)`` or ``(4, 7, 7)``.
-        likelihood: One of :data:`LIKELIHOODS`, or the name of a custom likelihood function.
-        encoder_scale: One of :data:`ENCODER_SCALES`.
+        likelihood: One of `LIKELIHOODS`, or the name of a custom likelihood function.
+        encoder_scale: One of `ENCODER_SCALES`.
         obs_scale: Pixel standard deviation of the Gaussian likelihood (None: from the
             decoder).
     """
@@ -153,7 +153,7 @@ class TorchVAE(Model):
 
     ``loc`` and the scale may be flat: they are reshaped to ``(N, *latent_shape)``. The
     decoder maps ``z`` of shape ``(N, *latent_shape)`` to the likelihood's parameters (see
-    :data:`LIKELIHOODS`), flat or image-shaped. If your encoder expects flat input, wrap it:
+    `LIKELIHOODS`), flat or image-shaped. If your encoder expects flat input, wrap it:
     ``nn.Sequential(nn.Flatten(), encoder)``.
 
     Args:
@@ -161,16 +161,16 @@ class TorchVAE(Model):
         decoder: The generative network.
         data_shape: Shape of one datapoint.
         latent_shape: Shape of one latent.
-        likelihood: A name from :data:`LIKELIHOODS`, or a function mapping the decoder's
+        likelihood: A name from `LIKELIHOODS`, or a function mapping the decoder's
             output to a ``torch.distributions.Distribution`` over the pixels (batch shape
             ``(N, *data_shape)``, or wrapped in ``Independent``).
-        encoder_scale: A name from :data:`ENCODER_SCALES`.
+        encoder_scale: A name from `ENCODER_SCALES`.
         obs_scale: Pixel standard deviation for ``likelihood="gaussian"`` when the decoder
             returns only the mean.
         binary_data: Whether the model is evaluated on binarised images (``lvm refine``
             binarises with a fixed seed). Default: True for the Bernoulli likelihoods.
         config: The config to record in checkpoints; subclasses registered as backends pass
-            their own dataclass. Default: a :class:`TorchVAEConfig` of the arguments.
+            their own dataclass. Default: a `TorchVAEConfig` of the arguments.
 
     Raises:
         AdapterError: Shapes that are not tuples of positive integers, an unknown likelihood
@@ -400,7 +400,7 @@ class TorchVAE(Model):
 
 @dataclass
 class PyroVAEConfig:
-    """What a :class:`PyroVAE` was built with (written into checkpoints).
+    """What a `PyroVAE` was built with (written into checkpoints).
 
     Attributes:
         data_shape: Shape of one datapoint.
@@ -497,7 +497,7 @@ class PyroVAE(Model):
         data_plate: Name of the model's plate over datapoints.
         binary_data: Whether the model is evaluated on binarised images.
         config: Config recorded in checkpoints (subclasses registered as backends pass their
-            own dataclass). Default: a :class:`PyroVAEConfig`.
+            own dataclass). Default: a `PyroVAEConfig`.
 
     Raises:
         AdapterError: A model without the observed site or plate, latent sites outside the
@@ -637,9 +637,9 @@ class PyroVAE(Model):
 
 
 class PyroGuidePosterior(GaussianPosterior):
-    """The guide of a :class:`PyroVAE` as a Gaussian posterior.
+    """The guide of a `PyroVAE` as a Gaussian posterior.
 
-    Sampling runs the wrapped guide itself; :meth:`gaussian_params` reads each site's Normal
+    Sampling runs the wrapped guide itself; `gaussian_params` reads each site's Normal
     from one run of it (for a guide where one latent depends on another, the parameters given
     the sampled parent), which is where refiners start.
     """

@@ -3,6 +3,14 @@
 Plugins implement these with ``@lvmtoolkit.hookimpl`` and are found through the
 ``lvmtoolkit`` entry-point group. Each hook receives a ``register`` callback rather than
 returning values, so the host records which plugin registered what.
+
+The registration hooks run every time the host reads a registry (each ``get_backend``,
+``lvm backends``, ``lvm plugins``...), so they run many times per process: keep them
+cheap (import heavy libraries inside the registered classes' methods, not at module
+level) and idempotent (register the same objects every call, change no state). A hook
+that raises, an implementation of a hook that does not exist (``register_backend``) or
+one with other argument names makes its plugin *broken*: it is left out, ``lvm plugins``
+shows the error, and other commands warn about it once on stderr.
 """
 
 from __future__ import annotations
@@ -20,8 +28,11 @@ hookimpl = pluggy.HookimplMarker("lvmtoolkit")
 def register_backends(register: Callable[[type], None]) -> None:
     """Register model backends: ``register(ModelSubclass)``; the class's ``name`` is its key.
 
+    Called whenever the backend registry is read (loading a checkpoint, ``--backend``,
+    ``lvm backends``), possibly many times per process: must be idempotent and cheap.
+
     Args:
-        register: Call it once per :class:`~lvmtoolkit.core.model.Model` subclass.
+        register: Call it once per `Model` subclass.
     """
 
 
@@ -29,8 +40,11 @@ def register_backends(register: Callable[[type], None]) -> None:
 def register_refiners(register: Callable[[type], None]) -> None:
     """Register refiners: ``register(RefinerSubclass)``; the class's ``name`` is its key.
 
+    Called whenever the refiner registry is read (``--refiner``, ``get_refiner``,
+    ``lvm refiners``), possibly many times per process: must be idempotent and cheap.
+
     Args:
-        register: Call it once per :class:`~lvmtoolkit.core.refiner.Refiner` subclass.
+        register: Call it once per `Refiner` subclass.
     """
 
 
@@ -38,14 +52,21 @@ def register_refiners(register: Callable[[type], None]) -> None:
 def register_datasets(register: Callable[[type], None]) -> None:
     """Register datasets: ``register(DatasetSubclass)``; the class's ``name`` is its key.
 
+    Called whenever the dataset registry is read (``--dataset``, ``get_dataset``,
+    ``lvm datasets``), possibly many times per process: must be idempotent and cheap.
+
     Args:
-        register: Call it once per :class:`~lvmtoolkit.data.Dataset` subclass.
+        register: Call it once per `Dataset` subclass.
     """
 
 
 @hookspec
 def register_commands(cli: click.Group) -> None:
     """Add commands to the ``lvm`` Click group: ``@cli.command() def mycommand(): ...``.
+
+    Called once per ``lvm`` process, the first time the command line looks up or lists
+    its commands (never when ``lvmtoolkit.cli`` is imported). If it raises, the commands
+    it added are removed and the plugin is reported as broken.
 
     Args:
         cli: The ``lvm`` group; ``cli.add_command(command)`` adds a ready-made command.

@@ -23,7 +23,7 @@ Rules (the same for every command that reads or writes image files):
 - **Writing** goes to a temporary file in the destination folder, renamed over the target
   only when complete (``os.replace``), so no half-written file is ever left behind. For
   several outputs, all are written to temporary files first and renamed only when every
-  one succeeded ([`atomic_write_all`][lvmtoolkit.images.atomic_write_all]).
+  one succeeded (`atomic_write_all`).
 """
 
 from __future__ import annotations
@@ -302,7 +302,7 @@ def load_batch(
         paths: Image files.
         data_shape: The model's ``(C, h, w)``.
         masks: One mask file per image (the same file may repeat), or None.
-        white_is_missing: See :func:`read_mask`.
+        white_is_missing: See `read_mask`.
 
     Raises:
         ImageError: Any file missing, unreadable, too small, or a mask that does not fit.
@@ -408,7 +408,7 @@ def _remove(temporary: list[tuple[str, Path]]) -> None:
 
 def image_writer(path: str | Path, pixels: np.ndarray | torch.Tensor) -> Callable[[str], None]:
     """A function writing ``(C, H, W)`` pixels to a file in the format ``path``'s suffix
-    names (for [`atomic_write_all`][lvmtoolkit.images.atomic_write_all])."""
+    names (for `atomic_write_all`)."""
     path = Path(path)
     array = pixels.detach().cpu().numpy() if isinstance(pixels, torch.Tensor) else pixels
     if array.dtype != np.uint8:
@@ -470,8 +470,8 @@ def grid_writer(
     missing_column: int = 0,
     max_rows: int = 16,
 ) -> Callable[[str], None]:
-    """A function writing the grid of [`save_grid`][lvmtoolkit.images.save_grid] to a file
-    (for [`atomic_write_all`][lvmtoolkit.images.atomic_write_all]).
+    """A function writing the grid of `save_grid` to a file
+    (for `atomic_write_all`).
 
     Args:
         path: Output file (its suffix names the format).

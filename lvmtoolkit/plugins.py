@@ -8,7 +8,7 @@ A third-party plugin can never break the toolkit: each entry point is loaded on 
 and one that fails to import, implements a hook that does not exist (a misspelt name such
 as ``register_backend``), has a hook implementation with the wrong arguments, or whose
 hook raises while registrations are collected is unregistered and recorded as broken
-(:func:`broken_plugins`). ``lvm plugins`` lists broken plugins with their error; other
+(`broken_plugins`). ``lvm plugins`` lists broken plugins with their error; other
 commands warn once on stderr and go on without them.
 """
 
@@ -116,7 +116,7 @@ def load_plugins() -> None:
     """Register the default plugins and every entry-point plugin (idempotent).
 
     Never raises because of a plugin: one that fails is recorded in
-    :func:`broken_plugins` and left out.
+    `broken_plugins` and left out.
     """
     global _loaded
     if _loaded:
@@ -220,17 +220,17 @@ def _get(table: dict[str, Registration], kind: str, name: str) -> Any:
 
 
 def get_backend(name: str) -> Any:
-    """The backend class registered as ``name``; :class:`UnknownNameError` lists the others."""
+    """The backend class registered as ``name``; `UnknownNameError` lists the others."""
     return _get(backends(), "backend", name)
 
 
 def get_refiner(name: str) -> Any:
-    """The refiner class registered as ``name``; :class:`UnknownNameError` lists the others."""
+    """The refiner class registered as ``name``; `UnknownNameError` lists the others."""
     return _get(refiners(), "refiner", name)
 
 
 def get_dataset(name: str) -> Any:
-    """The dataset class registered as ``name``; :class:`UnknownNameError` lists the others."""
+    """The dataset class registered as ``name``; `UnknownNameError` lists the others."""
     return _get(datasets(), "dataset", name)
 
 
@@ -259,7 +259,7 @@ def load_checkpoint(
 def plugin_info() -> list[dict[str, Any]]:
     """Installed plugins with their distribution, version, hooks and registered names.
 
-    Broken plugins (see :func:`broken_plugins`) are listed too, with ``kind`` ``"broken"``
+    Broken plugins (see `broken_plugins`) are listed too, with ``kind`` ``"broken"``
     and their ``error``; for the others ``error`` is None.
     """
     load_plugins()

@@ -7,11 +7,11 @@ plugin's tests can use these fixtures without importing anything:
 - ``lvm_pyro``: a clean Pyro state: empty param store, seeds set, validation on.
 - ``lvm_images`` / ``lvm_digits``: 64 real MNIST digits (grey levels) / 16 of them
   binarised with the fixed evaluation seed.
-- ``lvm_tiny_model``: a small, untrained VAE (:func:`make_tiny_model`) on 28x28 digits.
+- ``lvm_tiny_model``: a small, untrained VAE (`make_tiny_model`) on 28x28 digits.
 - ``lvm_cli``: run ``lvm`` in-process and get Click's result.
 
-:func:`check_model` runs a model through what refiners and tasks need from it;
-:func:`check_refiner` runs a refiner through what its callers need from it.
+`check_model` runs a model through what refiners and tasks need from it;
+`check_refiner` runs a refiner through what its callers need from it.
 
 Nothing here is autouse, and torch is imported only when a fixture runs, so the plugin
 costs nothing in test sessions that do not use it.
@@ -163,7 +163,7 @@ def make_tiny_model(latent_dim: int = 4, hidden: int = 32, seed: int = 0) -> Tor
 
 @pytest.fixture
 def lvm_tiny_model(lvm_pyro: None) -> TorchVAE:
-    """:func:`make_tiny_model` with its defaults (z = 4, one hidden layer of 32)."""
+    """`make_tiny_model` with its defaults (z = 4, one hidden layer of 32)."""
     return make_tiny_model()
 
 
@@ -215,8 +215,8 @@ def check_model(model: Model, x: torch.Tensor, *, rebuild: bool | None = None) -
         x: A small batch it can score, ``(N, *model.data_shape)``.
         rebuild: Also check ``type(model).from_config(config)``, as checkpoints rebuild
             registered backends. Default: when the class is built from a config alone
-            (not for a [`TorchVAE`][lvmtoolkit.TorchVAE] or
-            [`PyroVAE`][lvmtoolkit.PyroVAE] wrapping networks directly).
+            (not for a `TorchVAE` or
+            `PyroVAE` wrapping networks directly).
 
     Raises:
         ModelCheckError: The first broken expectation, with what was expected.

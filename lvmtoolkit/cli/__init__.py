@@ -2,7 +2,7 @@
 (torch, Pyro) are imported inside commands so ``lvm --help`` stays fast.
 
 Errors end as one ``Error: ...`` line on stderr and a non-zero exit status: the toolkit's
-own errors (:class:`~lvmtoolkit.errors.LvmError`) with their message, anything unexpected
+own errors (`LvmError`) with their message, anything unexpected
 with its type and message and a hint to rerun with ``--debug`` for the traceback.
 SIGTERM is handled like Ctrl-C (SIGINT): the command stops where it is, and files being
 written are removed, so no half-written output is left.

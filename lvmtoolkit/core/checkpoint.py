@@ -305,7 +305,7 @@ def load_checkpoint(
     """Rebuild a model from a checkpoint folder or ``.safetensors`` file.
 
     This is the core's loader; it finds the model class through ``lookup``, so the core
-    depends on no registry. [`lvmtoolkit.load_checkpoint`][lvmtoolkit.load_checkpoint] is
+    depends on no registry. `lvmtoolkit.load_checkpoint` is
     this function with the plugin registry as ``lookup``.
 
     Nothing is trusted before it is checked: only regular files are opened (a FIFO would

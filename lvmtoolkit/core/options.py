@@ -1,6 +1,6 @@
 """Declared, typed, validated options (for refiners and anything else with settings).
 
-An options class is a dataclass whose fields are made with :func:`option`; values given as
+An options class is a dataclass whose fields are made with `option`; values given as
 strings (from ``lvm ... -o key=value``) are converted to the field's type and checked
 against its bounds and choices.
 """

@@ -85,7 +85,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """Parse ``--device``: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, and check it is here.
 
     Anything else (``meta``, which holds no data, a malformed name, a CUDA index this
-    machine lacks, MPS off a Mac) is an [`LvmError`][lvmtoolkit.errors.LvmError] naming
+    machine lacks, MPS off a Mac) is an `LvmError` naming
     the problem, never a torch error later.
 
     Raises:

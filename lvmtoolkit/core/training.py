@@ -44,7 +44,7 @@ def train(
         batch_size: Datapoints per gradient step.
         lr: Adam learning rate.
         seed: Seed of shuffling and binarisation.
-        progress: See :data:`ProgressCallback`.
+        progress: See `ProgressCallback`.
 
     Returns:
         A training summary for the checkpoint: epochs, steps, final mean NELBO, seconds,

@@ -1,8 +1,8 @@
 """Checks of what users pass to the library: batches, masks and memory requests.
 
 Every public entry point that takes data (refiners, ``nelbo``, ``iwae_bound``, the tasks)
-runs [`check_batch`][lvmtoolkit.core.validation.check_batch] first, so bad input ends in an
-[`LvmError`][lvmtoolkit.errors.LvmError] that names the problem instead of a torch error
+runs `check_batch` first, so bad input ends in an
+`LvmError` that names the problem instead of a torch error
 or, worse, a wrong number.
 
 Grey values and Bernoulli models: a model whose likelihood is over binary pixels
@@ -12,7 +12,7 @@ library therefore **refuses** grey values for such models and says how to binari
 (``lvmtoolkit.binarize_fixed(x)``). It never binarises behind the caller's back. The one
 exception is the restoration tasks (Gibbs inpainting and denoising), which refine the
 posterior towards soft targets on purpose (the chain's mean fill); they run under
-[`soft_targets`][lvmtoolkit.core.validation.soft_targets].
+`soft_targets`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _soft_targets_block() -> Iterator[None]:
 def soft_targets(fn: _F) -> _F:
     """Decorate a task that feeds grey values in [0, 1] to Bernoulli models on purpose.
 
-    Inside the call, [`check_batch`][lvmtoolkit.core.validation.check_batch] accepts grey
+    Inside the call, `check_batch` accepts grey
     values for models with ``binary_data = True`` (values outside [0, 1] stay refused).
     """
 
@@ -67,7 +67,7 @@ def _model_dtype(model: Model) -> torch.dtype:
 
 
 def check_batch(model: Model, x: Any, mask: Any = None) -> None:
-    """Raise a clear [`LvmError`][lvmtoolkit.errors.LvmError] when ``x`` or ``mask`` does not fit.
+    """Raise a clear `LvmError` when ``x`` or ``mask`` does not fit.
 
     Checks, in order: ``x`` is a torch tensor (not a NumPy array or list), of a floating
     dtype equal to the model's (float32 for every built-in model: integer images and

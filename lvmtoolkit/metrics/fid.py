@@ -9,7 +9,7 @@ Two feature extractors:
   are loaded with ``torch.load(weights_only=True)``. Grey images are repeated over three
   channels; pytorch-fid's network resizes them to 299x299.
 - ``mnist-classifier``: 64 features of a small MNIST classifier shipped with the package
-  (see :mod:`lvmtoolkit.metrics.classifier`); works offline. Its values are reported as
+  (see `lvmtoolkit.metrics.classifier`); works offline. Its values are reported as
   "FID (MNIST-classifier features)" and are not comparable with Inception FIDs.
 
 The distance itself is pytorch-fid's ``calculate_frechet_distance``. FID is biased upwards
@@ -78,7 +78,7 @@ class InceptionFeatures(FeatureExtractor):
 
     Args:
         weights: A ``.pth`` state dict of pytorch-fid's FID Inception; default: pytorch-fid's
-            cache (:func:`inception_cache_path`).
+            cache (`inception_cache_path`).
         dims: Features as pytorch-fid's ``--dims``: 2048 (last pooling layer, the standard
             FID), or 64, 192, 768 (earlier layers, averaged over space; for sets of fewer
             than 2048 images; not comparable with the standard FID).
@@ -204,7 +204,7 @@ def feature_extractor(
     Args:
         name: Extractor name.
         weights: Its weights file (default: pytorch-fid's cache / the shipped classifier).
-        dims: Inception feature layer (see :class:`InceptionFeatures`); default 2048.
+        dims: Inception feature layer (see `InceptionFeatures`); default 2048.
     """
     if name not in FEATURE_EXTRACTORS:
         raise MetricError(
@@ -271,7 +271,7 @@ def fid(
     Args:
         images: Restored images.
         reference: Original images (any number, at least 2).
-        features: A :class:`FeatureExtractor` or its name.
+        features: A `FeatureExtractor` or its name.
         weights: Weights file for an extractor given by name.
         batch_size: Images per forward pass of the extractor.
 

@@ -37,7 +37,7 @@ def iwae_bound(
         model: The generative model.
         posterior: Proposal q(z | x) for the N datapoints of ``x`` (amortized or refined).
         x: Batch of shape ``(N, *model.data_shape)``; binary for a model with a Bernoulli
-            likelihood (see [`check_batch`][lvmtoolkit.core.validation.check_batch]).
+            likelihood (see `check_batch`).
         num_samples: k, importance samples per datapoint.
         seed: Seed of the sampling noise (None: the global RNG).
         max_rows: Bound on datapoint-samples per forward pass (memory).
