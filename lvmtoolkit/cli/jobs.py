@@ -1,0 +1,204 @@
+"""Options that make a command a job (``--data``, ``--model``, ``--output``), and the
+``lvm refine`` job that runs when they are given (see ``docs/jobs.md``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lvmtoolkit.cli.common import parse_key_values, stderr
+
+
+def input_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--data`` and ``--model``: your own data and your own model."""
+    f = click.option(
+        "--model",
+        "model_spec",
+        default=None,
+        metavar="FILE.py:FUNCTION|MODULE:FUNCTION",
+        help="Your own model instead of --backend/--checkpoint: a function, called without "
+        "arguments, that returns a lvmtoolkit Model (e.g. lvmtoolkit.TorchVAE wrapping your "
+        "encoder and decoder). A .py file is imported by path, which runs its code.",
+    )(f)
+    return click.option(
+        "--data",
+        "data",
+        multiple=True,
+        type=click.Path(path_type=str),
+        metavar="PATH",
+        help="Your own data instead of --dataset/--split: a folder of images (all files, "
+        "sorted by name, one size; converted and resized as `lvm inpaint` does), a .npy, "
+        ".npz or .safetensors array (N, C, H, W) or (N, H, W), uint8 or floats in [0, 1], "
+        "or an IDX file (*-ubyte[.gz]). Repeat to read several, one after the other.",
+    )(f)
+
+
+def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--output`` and what goes with it: per-datapoint results in resumable shards."""
+    f = click.option(
+        "--iwae-samples",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        help="Also record IWAE-k per datapoint with the amortized and the refined posterior "
+        "as proposal (0: off).",
+    )(f)
+    f = click.option(
+        "--shard-size",
+        type=click.IntRange(min=1),
+        default=1000,
+        show_default=True,
+        help="Datapoints refined (and held in memory) at a time; each shard is written "
+        "when done, so a rerun resumes after the last one.",
+    )(f)
+    f = click.option(
+        "--overwrite",
+        is_flag=True,
+        help="Replace the results of another command in --output.",
+    )(f)
+    return click.option(
+        "--output",
+        type=click.Path(path_type=str, file_okay=False),
+        default=None,
+        metavar="DIR",
+        help="Write every datapoint's refined posterior and NELBOs to DIR (safetensors + "
+        "JSON lines + manifest.json); read them with lvmtoolkit.load_results(DIR). Run the "
+        "same command again to resume an interrupted job; under torchrun the ranks share "
+        "the shards.",
+    )(f)
+
+
+def is_job(output: str | None, data: tuple[str, ...], model_spec: str | None) -> bool:
+    """Whether the job options were used (the command then runs as a job)."""
+    return output is not None or bool(data) or model_spec is not None
+
+
+def given(name: str) -> bool:
+    """Whether the option ``name`` of the running command was given (not its default)."""
+    from click.core import ParameterSource
+
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (ParameterSource.DEFAULT, None)
+
+
+def data_args(
+    data: tuple[str, ...],
+    dataset: str,
+    data_dir: str | None,
+    splits: list[str],
+    num_images: int | None,
+) -> dict[str, Any]:
+    """How to open the command's data (see `lvmtoolkit.jobs.sources.open_source`).
+
+    With ``--data``, ``--num-images`` limits the data only when given; with a registered
+    dataset it is the number of images per split, as without a job.
+    """
+    from lvmtoolkit.errors import OptionError
+
+    if data:
+        if given("dataset") or given("splits"):
+            raise OptionError("give --data or --dataset/--split, not both")
+        limit = num_images if given("num_images") else None
+        return {"paths": [str(Path(p).resolve()) for p in data], "num_images": limit}
+    return {
+        "dataset": dataset,
+        "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
+        "splits": list(splits),
+        "num_images": num_images,
+    }
+
+
+def run_refine(
+    *,
+    backend: str,
+    checkpoint: str | None,
+    model_spec: str | None,
+    refiner: str,
+    options: tuple[str, ...],
+    steps: list[int],
+    data: tuple[str, ...],
+    dataset: str,
+    data_dir: str | None,
+    splits: list[str],
+    num_images: int | None,
+    eval_samples: int,
+    eval_seed: int,
+    iwae_samples: int,
+    shard_size: int,
+    output: str | None,
+    overwrite: bool,
+    device: str,
+    threads: int | None,
+    as_json: bool,
+) -> None:
+    """``lvm refine`` as a job: see `lvmtoolkit.jobs.run_refine_job`."""
+    from lvmtoolkit.core.runtime import resolve_device, set_threads
+    from lvmtoolkit.jobs import RefineJob, join_world, open_source, resolve_model, run_refine_job
+
+    set_threads(threads)
+    args = data_args(data, dataset, data_dir, splits, num_images)
+    values = parse_key_values(options, "--option")
+    world = join_world(resolve_device(device))
+    try:
+        model, identity = resolve_model(model_spec, backend, checkpoint, world.device)
+        job = RefineJob(
+            model=model,
+            model_identity=identity,
+            refiner=refiner,
+            options=values,
+            steps=steps,
+            source=open_source(args, model.data_shape),
+            source_args=args,
+            eval_samples=eval_samples,
+            eval_seed=eval_seed,
+            iwae_samples=iwae_samples,
+            shard_size=shard_size,
+        )
+        report = run_refine_job(
+            job,
+            output,
+            world=world,
+            overwrite=overwrite,
+            log=lambda line: stderr.print(f"[dim]{line}[/dim]"),
+        )
+    finally:
+        world.close()
+    if report is None:
+        return
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """The job's summary as a table on stderr."""
+    from rich.table import Table
+
+    results = report["results"]
+    model = report["model"]
+    what = model.get("backend") or f"{model.get('path', model.get('module'))}:{model['function']}"
+    table = Table(title=f"NELBO on {results['num_images']} datapoints: {what}, {report['refiner']}")
+    table.add_column("steps", justify="right")
+    table.add_column("NELBO", justify="right")
+    table.add_column("improved", justify="right")
+    table.add_row("amortized", f"{results['amortized']:.2f}", "")
+    for step, row in results["steps"].items():
+        table.add_row(
+            step, f"{row['nelbo']:.2f}", f"{row['images_improved']}/{results['num_images']}"
+        )
+    stderr.print(table)
+    if "iwae" in results:
+        iwae = results["iwae"]
+        stderr.print(
+            f"IWAE-{report['protocol']['iwae_samples']}: amortized proposal "
+            f"{iwae['amortized']:.2f}, refined proposal {iwae['refined']:.2f} (log p(x) bound)"
+        )
+    stderr.print(
+        f"[dim]{report['protocol']['metric']}; {report['protocol']['samples_per_nelbo']} "
+        f"posterior samples per NELBO; binarisation: {report['protocol']['binarization']}.[/dim]"
+    )
