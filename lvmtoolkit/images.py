@@ -28,6 +28,7 @@ Rules (the same for every command that reads or writes image files):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -74,9 +75,9 @@ def _open(path: Path, what: str) -> Image.Image:
             return handle.copy()
     except UnidentifiedImageError:
         raise ImageError(f"{what} {path} is not an image file Pillow can read") from None
-    except Image.DecompressionBombError:
+    except Image.DecompressionBombError as err:
         raise ImageError(
-            f"{what} {path} is too large to decode safely (Pillow: decompression bomb)"
+            f"{what} {path} is too large to decode safely: {_first_line(err)}"
         ) from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as err:
         raise ImageError(f"{what} {path} cannot be decoded: {_first_line(err)}") from None
@@ -384,14 +385,14 @@ def atomic_write_all(writes: Sequence[tuple[str | Path, Callable[[str], None]]])
     try:
         for target, write in writes:
             path = Path(target)
+            if path.is_dir():
+                raise ImageError(f"cannot write {path}: it is a folder")
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             temporary.append((tmp, path))
             os.close(fd)
             write(tmp)
             os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
-        for tmp, target in temporary:
-            path = target
-            os.replace(tmp, target)
+        _replace_all(temporary)
     except OSError as err:
         _remove(temporary)
         raise ImageError(f"cannot write {path}: {err.strerror or err}") from None
@@ -399,6 +400,31 @@ def atomic_write_all(writes: Sequence[tuple[str | Path, Callable[[str], None]]])
         _remove(temporary)
         raise
     return [target for _, target in temporary]
+
+
+def _replace_all(temporary: list[tuple[str, Path]]) -> None:
+    """Rename every temporary file over its target; if one rename fails, undo the others
+    (the previous files are kept under a backup name until all renames succeeded)."""
+    done: list[tuple[Path, str | None]] = []
+    try:
+        for tmp, target in temporary:
+            backup = None
+            if target.exists():
+                backup = f"{tmp}.old"
+                os.replace(target, backup)
+            done.append((target, backup))
+            os.replace(tmp, target)
+    except BaseException:
+        for target, backup in reversed(done):
+            with contextlib.suppress(OSError):
+                if backup is not None:
+                    os.replace(backup, target)
+                elif target.exists():
+                    target.unlink()
+        raise
+    for _, backup in done:
+        if backup is not None:
+            Path(backup).unlink(missing_ok=True)
 
 
 def _remove(temporary: list[tuple[str, Path]]) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.overrides import TorchFunctionMode
 
 from lvmtoolkit.core.model import Model
 from lvmtoolkit.errors import CheckpointError
@@ -242,6 +243,8 @@ def _check_config(config_class: type, config: Any, header: dict[str, Any], where
             problem = type_problem(value, hints[key])
             if problem is not None:
                 raise CheckpointError(f"{where}: config {key!r}: {problem}")
+        if _has_huge_int(value):
+            raise CheckpointError(f"{where}: config {key!r} holds an integer beyond 64 bits")
         if isinstance(value, (list, tuple)) and len(value) > max(tensors, 8):
             raise CheckpointError(
                 f"{where}: config {key!r} lists {len(value)} entries, more than the "
@@ -249,22 +252,61 @@ def _check_config(config_class: type, config: Any, header: dict[str, Any], where
             )
 
 
+def _has_huge_int(value: Any) -> bool:
+    if isinstance(value, int):
+        return abs(value) >= 2**63
+    if isinstance(value, (list, tuple)) and len(value) < 10_000:
+        return any(_has_huge_int(item) for item in value)
+    return False
+
+
+class _LargeTensorsOnMeta(TorchFunctionMode):
+    """Inside: factory calls for large tensors (parameters) land on the ``meta`` device.
+
+    Shapes and dtypes are kept, no memory is allocated. Small tensors stay real, so a
+    backend's ``__init__`` may still compute with them (``int(torch.tensor(shape).prod())``
+    fails on meta tensors, which is why not everything goes to meta).
+    """
+
+    _FACTORIES = frozenset(
+        {torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn}
+    )
+    _LARGE = 1 << 20  # elements
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
+        kwargs = dict(kwargs or {})
+        if func in self._FACTORIES and kwargs.get("device") is None:
+            sizes = args[0] if args and isinstance(args[0], (tuple, list, torch.Size)) else args
+            if func is torch.full:
+                sizes = args[0] if args else ()
+            try:
+                count = math.prod(int(v) for v in sizes)
+            except (TypeError, ValueError):
+                count = 0
+            if count > self._LARGE:
+                kwargs["device"] = "meta"
+        return func(*args, **kwargs)
+
+
 def _check_against_header(
     model_class: type[Model], config: dict[str, Any], header: dict[str, Any], where: Path
 ) -> None:
-    """Compare the model the config describes with the weights' header, without building it.
+    """Compare the model the config describes with the weights' header, before building it.
 
-    The model is built on PyTorch's ``meta`` device (shapes, no memory), so a config that
-    asks for a 3 TB layer is refused from the header before any of it is allocated.
+    The model is first built with its large tensors on PyTorch's ``meta`` device (shapes,
+    no memory), so a config that asks for a 3 TB layer is refused from the header before
+    any of it is allocated.
     """
     try:
-        with torch.device("meta"):
+        with _LargeTensorsOnMeta():
             skeleton = model_class.from_config(config)
         expected = {k: (tuple(v.shape), v.dtype) for k, v in skeleton.state_dict().items()}
     except CheckpointError:
         raise
     except Exception:
-        # A backend that cannot be built on the meta device is checked after building.
+        # A backend that cannot be built so is compared after building (below).
         return
     _compare(expected, {k: v for k, v in header.items() if k != "__metadata__"}, where)
 
@@ -344,7 +386,14 @@ def load_checkpoint(
     model_class = lookup(info["backend"])
     _check_config(model_class.config_class, info["config"], header, weights)
     _check_against_header(model_class, info["config"], header, weights)
-    model = model_class.from_config(info["config"])
+    try:
+        model = model_class.from_config(info["config"])
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, OverflowError, RuntimeError) as err:
+        raise CheckpointError(
+            f"{path}: its config does not build a {info['backend']} model: {err}"
+        ) from None
     _compare(
         {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()},
         {k: v for k, v in header.items() if k != "__metadata__"},
