@@ -53,17 +53,19 @@ def test_every_refiner_keeps_the_contract_on_every_backend(
     check_refiner(refiner, model, x)
 
 
+@dataclasses.dataclass
+class StepsOnly:
+    steps: int = 3
+
+
 def test_check_refiner_catches_a_refiner_that_ignores_checkpoints(mnist5k_test_images):
     class Forgetful(Refiner):
         name = "forgetful"
         iterative = True
+        options_class = StepsOnly
 
-        @dataclasses.dataclass
-        class options_class:
-            steps: int = 3
-
-        def _refine(self, model, x, init, mask, checkpoints, on_checkpoint):
-            return RefineResult(init, torch.zeros(self.steps, x.shape[0]), steps=self.steps)
+        def _refine(self, call):
+            return RefineResult(call.init, torch.zeros(3, call.x.shape[0]), steps=3)
 
     model = make_tiny_model()
     x = binarize_fixed(mnist5k_test_images[:4])
@@ -77,12 +79,11 @@ def test_check_refiner_catches_a_refiner_that_makes_things_worse(mnist5k_test_im
     class Worse(Refiner):
         name = "worse"
 
-        def _refine(self, model, x, init, mask, checkpoints, on_checkpoint):
-            params = init.gaussian_params(x)
+        def _refine(self, call):
+            params = call.init.gaussian_params(call.x)
             bad = {k: (loc + 5.0, scale) for k, (loc, scale) in params.items()}
-            if on_checkpoint is not None and 0 in checkpoints:
-                on_checkpoint(0, init)
-            return RefineResult(LocalGaussianPosterior(bad), torch.empty(0, x.shape[0]), 0)
+            call.checkpoint(0, call.init)
+            return RefineResult(LocalGaussianPosterior(bad), torch.empty(0, len(call.x)), 0)
 
     model = make_tiny_model()
     x = binarize_fixed(mnist5k_test_images[:4])
@@ -113,18 +114,15 @@ def test_checkpoints_outside_the_run_are_dropped_before_the_refiner_sees_them():
     class Recorder(Refiner):
         name = "recorder"
         iterative = True
+        options_class = StepsOnly
 
-        @dataclasses.dataclass
-        class options_class:
-            steps: int = 5
-
-        def _refine(self, model, x, init, mask, checkpoints, on_checkpoint):
-            seen["checkpoints"] = checkpoints
-            seen["init"] = init
-            return RefineResult(init, torch.zeros(5, x.shape[0]), steps=5)
+        def _refine(self, call):
+            seen["checkpoints"] = call.checkpoints
+            seen["init"] = call.init
+            return RefineResult(call.init, torch.zeros(5, call.x.shape[0]), steps=5)
 
     model = make_tiny_model()
-    Recorder().refine(model, torch.zeros(2, 1, 28, 28), checkpoints=[7, 5, 0, -1, 5, 2])
+    Recorder(steps=5).refine(model, torch.zeros(2, 1, 28, 28), checkpoints=[7, 5, 0, -1, 5, 2])
     assert seen["checkpoints"] == [0, 2, 5]
     assert seen["init"] is not None  # resolved to the amortized posterior
 

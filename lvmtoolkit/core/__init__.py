@@ -14,7 +14,7 @@ from lvmtoolkit.core.posterior import (
     LocalRows,
     Posterior,
 )
-from lvmtoolkit.core.refiner import CheckpointCallback, Refiner, RefineResult
+from lvmtoolkit.core.refiner import CheckpointCallback, RefineCall, Refiner, RefineResult
 from lvmtoolkit.core.runtime import frozen, resolve_device, seeded, set_threads, stream_seed
 from lvmtoolkit.core.training import train
 
@@ -30,6 +30,7 @@ __all__ = [
     "LocalRows",
     "Model",
     "Posterior",
+    "RefineCall",
     "RefineResult",
     "Refiner",
     "config_from_dict",

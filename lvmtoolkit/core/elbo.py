@@ -59,7 +59,7 @@ class DetachedScore(dist.TorchDistribution):
     sampled above, and that path must keep its gradient; such a guide builds ``score``
     itself: the same density with only its own variational parameters detached (e.g.
     ``loc - (offset - offset.detach())``), and wraps the pair in this class.
-    :func:`per_datapoint_elbo` with ``stl=True`` scores the site with ``score``; everything
+    `per_datapoint_elbo` with ``stl=True`` scores the site with ``score``; everything
     else (sampling, ``log_prob``, closed-form KL) is ``fn``'s.
 
     Args:
@@ -106,7 +106,7 @@ def _kl_detached_score(q: DetachedScore, p: Distribution) -> torch.Tensor:
 def _stop_gradient(fn: Any) -> Any:
     """The site's density with the guide's own parameters detached, for sticking the landing.
 
-    A :class:`DetachedScore` site gives its ``score``; a Normal (or Independent Normal) is
+    A `DetachedScore` site gives its ``score``; a Normal (or Independent Normal) is
     taken to be parameterised by the guide alone and gets its parameters detached; other
     sites are returned as they are (their score term stays).
     """
@@ -138,12 +138,12 @@ def per_datapoint_elbo(
         analytic_kl: Use the closed-form KL between guide and prior sites where one is
             registered (lower variance); otherwise ``log p(z) - log q(z)`` at the sample.
         stl: "Sticking the landing": with ``analytic_kl=False``, score ``log q(z)`` with the
-            guide's parameters detached: a :class:`DetachedScore` site's ``score``, or a
+            guide's parameters detached: a `DetachedScore` site's ``score``, or a
             Normal site's ``loc`` and ``scale``. The value is unchanged; the gradient drops
             a zero-mean term, so its variance vanishes at the true posterior. Where a
             Normal's parameters also depend on latents sampled above (hierarchical guides),
             detaching them cuts that path too: still unbiased, but no longer zero-variance
-            at the optimum; such guides should wrap their sites in :class:`DetachedScore`.
+            at the optimum; such guides should wrap their sites in `DetachedScore`.
         **kwargs: Keyword arguments passed to both model and guide (e.g. ``mask``).
 
     Returns:

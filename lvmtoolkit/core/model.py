@@ -18,8 +18,8 @@ from lvmtoolkit.errors import CheckpointError
 class Model(nn.Module):
     """Base class of backends: a latent variable model written in Pyro.
 
-    A backend subclasses this, sets the class attributes, and implements :meth:`model`,
-    :meth:`decode`, :meth:`sample_prior` and :meth:`amortized_posterior`. It registers the
+    A backend subclasses this, sets the class attributes, and implements `model`,
+    `decode`, `sample_prior` and `amortized_posterior`. It registers the
     class through the ``register_backends`` hook; checkpoints rebuild it from
     ``config_class`` and the saved weights, so loading never runs pickled code.
 
@@ -88,7 +88,7 @@ class Model(nn.Module):
         return -per_datapoint_elbo(self.model, self.amortized_posterior(), x)
 
     def on_train_step(self, step: int, total_steps: int) -> None:
-        """Called by :func:`~lvmtoolkit.core.training.train` before each step's loss.
+        """Called by `train` before each step's loss.
 
         Does nothing by default; override for schedules over training, e.g. KL warm-up.
 
@@ -98,7 +98,7 @@ class Model(nn.Module):
         """
 
     def on_before_optimizer_step(self) -> None:
-        """Called by :func:`~lvmtoolkit.core.training.train` after the backward pass.
+        """Called by `train` after the backward pass.
 
         Runs before the optimiser's update; does nothing by default. Override to clip or
         check gradients.

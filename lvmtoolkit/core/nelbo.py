@@ -38,7 +38,7 @@ def nelbo(
         num_samples: Samples of z per datapoint.
         seed: Seed of the sampling noise (None: use the global RNG).
         chunk_size: Datapoints per forward pass (memory bound).
-        analytic_kl: Closed-form KL where available (see :func:`per_datapoint_elbo`).
+        analytic_kl: Closed-form KL where available (see `per_datapoint_elbo`).
 
     Returns:
         Tensor of shape ``(N,)``.

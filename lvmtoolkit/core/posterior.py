@@ -1,14 +1,14 @@
 """Posteriors: Pyro guides over a Model's latent sites.
 
-The whole posterior contract lives here. A :class:`Posterior` is a Pyro guide that declares
+The whole posterior contract lives here. A `Posterior` is a Pyro guide that declares
 what it supports (``supports_stl``) and for how many datapoints it holds parameters
 (``num_datapoints``; None for amortized posteriors, which take any batch).
 
-Two kinds are built in. :class:`AmortizedGaussianPosterior` runs an encoder (one network for
-all datapoints). A :class:`LocalPosterior` holds free parameters *per datapoint* of one batch,
+Two kinds are built in. `AmortizedGaussianPosterior` runs an encoder (one network for
+all datapoints). A `LocalPosterior` holds free parameters *per datapoint* of one batch,
 every registered tensor with the datapoints on dimension 0; that one rule gives every family
 what a refiner needs (a differentiable view of some rows, an independent copy, a row-wise
-copy from another posterior of the family). :class:`LocalGaussianPosterior` (a mean and a
+copy from another posterior of the family). `LocalGaussianPosterior` (a mean and a
 log-scale per datapoint and site, what ``svi`` optimises) is one family; the refiners'
 per-datapoint flows and the NVAE's hierarchical offsets are others.
 """
@@ -34,14 +34,14 @@ GaussianParams = dict[str, tuple[torch.Tensor, torch.Tensor]]
 class Posterior(nn.Module):
     """A Pyro guide ``guide(x, mask=None)`` over the latent sites of a Model.
 
-    Subclasses implement :meth:`guide`; calling the module calls the guide, so a Posterior can
+    Subclasses implement `guide`; calling the module calls the guide, so a Posterior can
     be passed anywhere Pyro expects a guide.
     """
 
     supports_stl: ClassVar[bool] = False
     """Whether every site is scored with only this posterior's own parameters detached (a
     Normal whose loc and scale are the guide's own parameters, or a
-    :class:`~lvmtoolkit.core.elbo.DetachedScore` site), so that a refiner may stick the
+    `DetachedScore` site), so that a refiner may stick the
     landing. A family declares it; refiners read it and never probe."""
 
     num_datapoints: int | None = None
@@ -49,7 +49,7 @@ class Posterior(nn.Module):
     any batch (amortized posteriors)."""
 
     def check_batch_size(self, n: int) -> None:
-        """Raise :class:`~lvmtoolkit.errors.LvmError` unless this posterior serves ``n`` rows.
+        """Raise `LvmError` unless this posterior serves ``n`` rows.
 
         A posterior refined for N datapoints scores exactly those N: called with fewer, it
         would silently use its first rows for other datapoints.
@@ -67,6 +67,25 @@ class Posterior(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         return self.guide(x, mask)
+
+    def local_posterior(
+        self, x: torch.Tensor, *, num_flows: int = 0, flow_hidden: int = 4, seed: int = 0
+    ) -> LocalPosterior | None:
+        """This posterior's own per-datapoint form for ``x``, starting equal to it; or None.
+
+        None (the default) means the posterior has no form of its own: refiners then build
+        independent per-datapoint Gaussians from ``gaussian_params``. Hierarchical
+        posteriors override it to keep their structure (the NVAE's offsets).
+
+        Args:
+            x: The batch.
+            num_flows: 0: per-datapoint location and scale only (flows the posterior has
+                stay amortized). More: per-datapoint flow parameters too: copies of the
+                posterior's own flows where it has some, else this many identity steps.
+            flow_hidden: Hidden channels per latent channel of identity-initialised steps.
+            seed: Seed of the identity steps' random first layers.
+        """
+        return None
 
     def rows(self, index: slice | torch.Tensor) -> Posterior:
         """The posterior of some datapoints of the batch, for chunked evaluation.
@@ -115,9 +134,9 @@ class LocalPosterior(Posterior):
 
     Subclasses register only per-datapoint tensors (dimension 0 = datapoint) as parameters
     and buffers, keep shared objects in ``self.shared`` (a dict that copies share, e.g. a
-    frozen model whose networks the guide runs), and implement :meth:`local_guide`. The base
-    gives the rest: the batch-size check of :meth:`guide`, :meth:`rows`, :meth:`select`,
-    :meth:`assign` and warm starts (:meth:`local_posterior`).
+    frozen model whose networks the guide runs), and implement `local_guide`. The base
+    gives the rest: the batch-size check of `guide`, `rows`, `select`,
+    `assign` and warm starts (`local_posterior`).
 
     Args:
         num_datapoints: N, the size of the batch this posterior belongs to.
@@ -183,8 +202,11 @@ class LocalPosterior(Posterior):
             for name, tensor in mine.items():
                 tensor[where] = theirs[name][where]
 
-    def local_posterior(self, x: torch.Tensor, **_: object) -> LocalPosterior:
-        """Warm start: a copy of this posterior (it already is per datapoint)."""
+    def local_posterior(
+        self, x: torch.Tensor, *, num_flows: int = 0, flow_hidden: int = 4, seed: int = 0
+    ) -> LocalPosterior:
+        """Warm start: a copy of this posterior (it already is per datapoint; the flow
+        arguments do not apply)."""
         if x.shape[0] != self.num_datapoints:
             raise LvmError(
                 f"cannot start from a local posterior of {self.num_datapoints} datapoints "
@@ -196,7 +218,7 @@ class LocalPosterior(Posterior):
         """Register ``loc`` and ``log_scale`` (ParameterDicts by site) from ``params``.
 
         For families that start from one diagonal Gaussian per site; ``params`` must hold
-        ``num_datapoints`` rows (see :meth:`batch_size_of`).
+        ``num_datapoints`` rows (see `batch_size_of`).
         """
         self.loc = nn.ParameterDict(
             {k: nn.Parameter(loc.detach().clone()) for k, (loc, _) in params.items()}
@@ -217,7 +239,7 @@ class LocalPosterior(Posterior):
 
 
 class LocalRows(Posterior):
-    """Some rows of a :class:`LocalPosterior`, sharing its parameters (gradients reach it)."""
+    """Some rows of a `LocalPosterior`, sharing its parameters (gradients reach it)."""
 
     def __init__(self, parent: LocalPosterior, index: slice | torch.Tensor):
         super().__init__()

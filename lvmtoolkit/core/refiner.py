@@ -15,7 +15,14 @@ from lvmtoolkit.core.posterior import Posterior
 from lvmtoolkit.core.validation import check_batch
 from lvmtoolkit.errors import LvmError
 
-__all__ = ["CheckpointCallback", "NoOptions", "RefineResult", "Refiner", "check_batch"]
+__all__ = [
+    "CheckpointCallback",
+    "NoOptions",
+    "RefineCall",
+    "RefineResult",
+    "Refiner",
+    "check_batch",
+]
 
 CheckpointCallback = Callable[[int, Posterior], None]
 """Called as ``callback(step, posterior)`` with the posterior the refiner would return if it
@@ -48,9 +55,9 @@ class RefineResult:
 class Refiner:
     """Base class of refiners: a template method, as Pyro's ELBO is.
 
-    The public :meth:`refine` does what every refiner needs (validates the batch and the
+    The public `refine` does what every refiner needs (validates the batch and the
     mask, resolves ``init`` to the model's amortized posterior and checks it serves the
-    batch, keeps only the checkpoints the run reaches) and then calls :meth:`_refine`, the
+    batch, keeps only the checkpoints the run reaches) and then calls `_refine`, the
     one method a subclass implements. Subclasses set ``name``, ``description``,
     ``options_class`` and, if they take optimisation steps (an option ``steps``),
     ``iterative = True``.
@@ -111,7 +118,7 @@ class Refiner:
             mask: Optional observed-pixel mask, as for ``Model.model``.
             checkpoints: Step counts at which ``on_checkpoint`` is called; those outside
                 ``0..steps`` are never reached and are dropped.
-            on_checkpoint: See :data:`CheckpointCallback`; called once per kept checkpoint,
+            on_checkpoint: See `CheckpointCallback`; called once per kept checkpoint,
                 in increasing order.
 
         Returns:
@@ -125,20 +132,35 @@ class Refiner:
             init = model.amortized_posterior()
         init.check_batch_size(x.shape[0])
         reached = sorted({int(s) for s in checkpoints if 0 <= int(s) <= self.steps})
-        return self._refine(model, x, init, mask, reached, on_checkpoint)
+        return self._refine(RefineCall(model, x, init, mask, reached, on_checkpoint))
 
-    def _refine(
-        self,
-        model: Model,
-        x: torch.Tensor,
-        init: Posterior,
-        mask: torch.Tensor | None,
-        checkpoints: list[int],
-        on_checkpoint: CheckpointCallback | None,
-    ) -> RefineResult:
-        """The refiner's own work, on validated input (see :meth:`refine`).
-
-        ``checkpoints`` are sorted, distinct and within ``0..self.steps``; call
-        ``on_checkpoint`` at exactly those.
-        """
+    def _refine(self, call: RefineCall) -> RefineResult:
+        """The refiner's own work on a validated call (see `refine` and `RefineCall`)."""
         raise NotImplementedError
+
+
+@dataclass
+class RefineCall:
+    """One call of `Refiner.refine`, validated, as `Refiner._refine` receives it.
+
+    Attributes:
+        model: The generative model (``x`` fits its ``data_shape``).
+        x: The batch, ``(N, *model.data_shape)``, finite.
+        init: The starting posterior; it serves these N datapoints.
+        mask: The observed-pixel mask, or None.
+        checkpoints: Sorted, distinct step counts within ``0..steps`` at which the caller
+            wants the posterior; pass each through `checkpoint`.
+        on_checkpoint: The caller's callback (None: nobody listens).
+    """
+
+    model: Model
+    x: torch.Tensor
+    init: Posterior
+    mask: torch.Tensor | None
+    checkpoints: list[int]
+    on_checkpoint: CheckpointCallback | None = None
+
+    def checkpoint(self, step: int, posterior: Posterior) -> None:
+        """Give the caller ``posterior`` as the result after ``step`` steps, if it asked."""
+        if self.on_checkpoint is not None and step in self.checkpoints:
+            self.on_checkpoint(step, posterior)

@@ -26,7 +26,7 @@ from lvmtoolkit.core.refiner import Refiner, check_batch
 from lvmtoolkit.errors import LvmError
 from lvmtoolkit.metrics.iwae import iwae_bound
 from lvmtoolkit.metrics.nelbo import nelbo
-from lvmtoolkit.metrics.report import Report, binarization_of, options_of
+from lvmtoolkit.metrics.report import Report, binarization_of, options_of, per_split
 
 
 @dataclass
@@ -66,7 +66,7 @@ def gap_report(
         x: Batch ready for the model (binarised if the model's data are binary).
         refiner: An iterative refiner (e.g. svi); its ``steps`` option is set per run.
         steps: Step counts at which to report how much of the amortization gap is closed.
-        rule: Stopping rule for q*; see :class:`ConvergenceRule`.
+        rule: Stopping rule for q*; see `ConvergenceRule`.
         iwae_samples: k of the IWAE bound for log p̂(x).
         eval_samples: Samples per ELBO estimate.
         seed: Seed of the evaluation noise (the same for every ELBO).
@@ -160,29 +160,29 @@ def gaps_report(
     images: str = "",
     log: Callable[[str, str], None] | None = None,
 ) -> Report:
-    """:func:`gap_report` for each split, with the protocol that produced the numbers.
+    """`gap_report` for each split, with the protocol that produced the numbers.
 
     Args:
         model: The generative model.
         refiner: An iterative refiner that finds q*.
-        splits: Split name -> images in [0, 1]; prepared with :meth:`Model.evaluation_data`.
-        steps: See :func:`gap_report`.
-        rule: See :func:`gap_report`.
-        iwae_samples: See :func:`gap_report`.
-        eval_samples: See :func:`gap_report`.
-        seed: See :func:`gap_report`.
+        splits: Split name -> images in [0, 1]; prepared with `Model.evaluation_data`.
+        steps: See `gap_report`.
+        rule: See `gap_report`.
+        iwae_samples: See `gap_report`.
+        eval_samples: See `gap_report`.
+        seed: See `gap_report`.
         images: Which images these are, in words, for the protocol.
         log: Called as ``log(split, line)`` with progress lines.
 
     Returns:
-        A :class:`~lvmtoolkit.metrics.report.Report` whose results map each split to
-        :func:`gap_report`'s numbers.
+        A `Report` whose results map each split to
+        `gap_report`'s numbers.
     """
     rule = rule or ConvergenceRule()
-    results = {}
-    for split, split_images in splits.items():
-        x = model.evaluation_data(split_images).to(model.device)
-        results[split] = gap_report(
+    results = per_split(
+        model,
+        splits,
+        lambda x, say: gap_report(
             model,
             x,
             refiner,
@@ -191,8 +191,10 @@ def gaps_report(
             iwae_samples=iwae_samples,
             eval_samples=eval_samples,
             seed=seed,
-            log=None if log is None else lambda line, split=split: log(split, line),
-        )
+            log=say,
+        ),
+        log,
+    )
     protocol = {
         "metric": "nats per image, mean over images (higher ELBO and log p is better)",
         "log_px": f"IWAE-{iwae_samples} with q* as proposal, seed {seed + 1}",

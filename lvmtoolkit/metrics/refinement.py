@@ -12,7 +12,7 @@ from lvmtoolkit.core.model import Model
 from lvmtoolkit.core.nelbo import nelbo
 from lvmtoolkit.core.posterior import Posterior
 from lvmtoolkit.core.refiner import Refiner, check_batch
-from lvmtoolkit.metrics.report import Report, binarization_of, options_of
+from lvmtoolkit.metrics.report import Report, binarization_of, options_of, per_split
 
 ANALYTIC_KL = "closed form where the posterior/prior pair has one, else Monte Carlo"
 
@@ -30,7 +30,7 @@ def refinement_report(
 ) -> Report:
     """The paper's Table 1 for one model and refiner: NELBO after each step count, per split.
 
-    Images are prepared with :meth:`Model.evaluation_data` (a fixed binarisation for models
+    Images are prepared with `Model.evaluation_data` (a fixed binarisation for models
     of binary data). An iterative refiner runs to ``max(steps)`` (its ``steps`` option is
     set to that); a refiner without steps gives only the amortized row.
 
@@ -46,24 +46,26 @@ def refinement_report(
         log: Called as ``log(split, line)`` after each checkpoint.
 
     Returns:
-        A :class:`~lvmtoolkit.metrics.report.Report` whose results map each split to
-        :func:`nelbo_after_steps`'s numbers.
+        A `Report` whose results map each split to
+        `nelbo_after_steps`'s numbers.
     """
     steps = sorted({int(s) for s in steps})
     if refiner.iterative and steps:
         refiner = refiner.with_options(steps=max(steps))
-    results = {}
-    for split, split_images in splits.items():
-        x = model.evaluation_data(split_images).to(model.device)
-        results[split] = nelbo_after_steps(
+    results = per_split(
+        model,
+        splits,
+        lambda x, say: nelbo_after_steps(
             model,
             refiner,
             x,
             steps if refiner.iterative else [],
             eval_samples=eval_samples,
             eval_seed=eval_seed,
-            log=None if log is None else lambda line, split=split: log(split, line),
-        )
+            log=say,
+        ),
+        log,
+    )
     protocol = {
         "metric": "NELBO in nats per image, mean over images (lower is better)",
         "samples_per_nelbo": eval_samples,

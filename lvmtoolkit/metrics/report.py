@@ -1,8 +1,8 @@
 """What the library's measurements return: numbers together with how they were measured.
 
-Every report function (:func:`~lvmtoolkit.metrics.refinement_report`,
-:func:`~lvmtoolkit.metrics.gaps_report`, :func:`~lvmtoolkit.tasks.evaluate_task`) returns a
-:class:`Report`. Its ``protocol`` says everything a reader needs to reproduce or compare the
+Every report function (`refinement_report`,
+`gaps_report`, `evaluate_task`) returns a
+`Report`. Its ``protocol`` says everything a reader needs to reproduce or compare the
 numbers (samples per estimate, seeds, binarisation, which images), so a Python caller gets
 what ``lvm ... --json`` prints, and the CLI only renders it.
 """
@@ -10,8 +10,11 @@ what ``lvm ... --json`` prints, and the CLI only renders it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from lvmtoolkit.data import EVAL_BINARIZATION_SEED
 
@@ -35,7 +38,7 @@ class Report:
     protocol: dict[str, Any]
     results: dict[str, Any]
     extras: dict[str, Any] = field(default_factory=dict)
-    """Non-JSON by-products (e.g. images kept for a figure); not part of :meth:`to_dict`."""
+    """Non-JSON by-products (e.g. images kept for a figure); not part of `to_dict`."""
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain JSON-ready data (what ``--json`` prints, before context)."""
@@ -58,7 +61,23 @@ def options_of(refiner: Any) -> dict[str, Any]:
 
 
 def binarization_of(model: Any) -> str:
-    """How :meth:`Model.evaluation_data` prepares images for ``model``, in words."""
+    """How `Model.evaluation_data` prepares images for ``model``, in words."""
     if model.binary_data:
         return f"fixed Bernoulli draw, seed {EVAL_BINARIZATION_SEED}"
     return "none (grey levels)"
+
+
+def per_split(
+    model: Any,
+    splits: Mapping[str, torch.Tensor],
+    measure: Callable[[torch.Tensor, Callable[[str], None] | None], Any],
+    log: Callable[[str, str], None] | None = None,
+) -> dict[str, Any]:
+    """``{split: measure(x, log_line)}`` with each split's images prepared for ``model``
+    (:meth:`Model.evaluation_data`, on its device) and ``log_line`` prefixed by the split."""
+    results = {}
+    for split, images in splits.items():
+        x = model.evaluation_data(images).to(model.device)
+        say = None if log is None else lambda line, split=split: log(split, line)
+        results[split] = measure(x, say)
+    return results

@@ -9,7 +9,6 @@ from lvmtoolkit.hookspecs import hookimpl
 from lvmtoolkit.refiners.amortized import AmortizedRefiner
 from lvmtoolkit.refiners.local import (
     LocalFlowPosterior,
-    SupportsLocalPosterior,
     make_local_posterior,
 )
 from lvmtoolkit.refiners.svi import PaperSVIOptions, PaperSVIRefiner, SVIOptions, SVIRefiner
@@ -24,7 +23,6 @@ __all__ = [
     "SVIFlowRefiner",
     "SVIOptions",
     "SVIRefiner",
-    "SupportsLocalPosterior",
     "make_local_posterior",
 ]
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lvmtoolkit.core.model import Model
-from lvmtoolkit.core.posterior import Posterior
-from lvmtoolkit.core.refiner import CheckpointCallback, Refiner, RefineResult
+from lvmtoolkit.core.refiner import RefineCall, Refiner, RefineResult
 
 
 class AmortizedRefiner(Refiner):
@@ -15,15 +13,6 @@ class AmortizedRefiner(Refiner):
     name = "amortized"
     description = "the encoder's posterior q(z|x) as is: one network pass, no optimisation"
 
-    def _refine(
-        self,
-        model: Model,
-        x: torch.Tensor,
-        init: Posterior,
-        mask: torch.Tensor | None,
-        checkpoints: list[int],
-        on_checkpoint: CheckpointCallback | None,
-    ) -> RefineResult:
-        if on_checkpoint is not None and checkpoints == [0]:
-            on_checkpoint(0, init)
-        return RefineResult(init, torch.empty(0, x.shape[0]), steps=0)
+    def _refine(self, call: RefineCall) -> RefineResult:
+        call.checkpoint(0, call.init)
+        return RefineResult(call.init, torch.empty(0, call.x.shape[0]), steps=0)

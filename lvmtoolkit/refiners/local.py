@@ -1,21 +1,21 @@
 """How svi-style refiners start a per-datapoint posterior, and its flow family.
 
-The per-datapoint contract itself (:class:`~lvmtoolkit.core.posterior.LocalPosterior`: rows,
+The per-datapoint contract itself (`LocalPosterior`: rows,
 copies, row-wise assignment) lives in the core. This module adds the per-datapoint flow
-family (:class:`LocalFlowPosterior`) and :func:`make_local_posterior`, which turns a starting
+family (`LocalFlowPosterior`) and `make_local_posterior`, which turns a starting
 posterior into a local one:
 
-- a posterior that knows how to do it (it has a ``local_posterior`` method, see
-  :class:`SupportsLocalPosterior`) builds its own, e.g. the NVAE's hierarchical posterior,
-  which keeps its top-down structure and starts *equal* to the amortized posterior;
-- any :class:`~lvmtoolkit.core.posterior.GaussianPosterior` gives its ``(loc, scale)`` per
+- a posterior that declares a per-datapoint form of its own
+  (`local_posterior` does not return None)
+  builds it, e.g. the NVAE's hierarchical posterior, which keeps its top-down structure and
+  starts *equal* to the amortized posterior; a local posterior's own form is a copy of it
+  (a warm start);
+- any `GaussianPosterior` gives its ``(loc, scale)`` per
   site: independent per-datapoint Gaussians (mean-field), followed by per-datapoint flow
-  steps that start at the identity when flows are asked for (:class:`LocalFlowPosterior`).
+  steps that start at the identity when flows are asked for (`LocalFlowPosterior`).
 """
 
 from __future__ import annotations
-
-from typing import Protocol, runtime_checkable
 
 import pyro
 import pyro.distributions as dist
@@ -34,26 +34,6 @@ from lvmtoolkit.errors import LvmError
 from lvmtoolkit.flows import BatchedAutoregressiveCell, GaussianFlow
 
 STRUCTURES = ("hierarchical", "mean-field")
-
-
-@runtime_checkable
-class SupportsLocalPosterior(Protocol):
-    """A posterior that builds its own per-datapoint version (e.g. hierarchical ones)."""
-
-    def local_posterior(
-        self, x: torch.Tensor, *, num_flows: int = 0, flow_hidden: int = 4, seed: int = 0
-    ) -> LocalPosterior:
-        """Per-datapoint parameters for ``x``, starting equal to this posterior.
-
-        Args:
-            x: The batch.
-            num_flows: 0: per-datapoint location and scale only (flows the posterior has
-                stay amortized). More: per-datapoint flow parameters too: copies of the
-                posterior's own flows where it has some, else this many identity steps.
-            flow_hidden: Hidden channels per latent channel of identity-initialised steps.
-            seed: Seed of the identity steps' random first layers.
-        """
-        ...
 
 
 class LocalFlowPosterior(LocalPosterior):
@@ -122,39 +102,38 @@ def make_local_posterior(
     Args:
         init: Starting posterior: amortized, or a refiner's result (a warm start).
         x: The batch.
-        structure: ``"hierarchical"``: a posterior with a ``local_posterior`` method builds
-            its own, keeping its dependence between latent sites; ``"mean-field"``:
-            independent per-datapoint Gaussians from ``init.gaussian_params(x)``. Posteriors
-            without such a method are mean-field either way.
-        num_flows: Per-datapoint flow steps (see :class:`SupportsLocalPosterior`); 0 gives
-            plain per-datapoint Gaussians (:class:`LocalGaussianPosterior`) for mean-field.
+        structure: ``"hierarchical"``: a posterior with a per-datapoint form of its own
+            (``init.local_posterior``) builds it, keeping its dependence between latent
+            sites; ``"mean-field"``: independent per-datapoint Gaussians from
+            ``init.gaussian_params(x)``. Posteriors without such a form are mean-field
+            either way.
+        num_flows: Per-datapoint flow steps (see
+            `local_posterior`); 0 gives plain
+            per-datapoint Gaussians (`LocalGaussianPosterior`) for mean-field.
         flow_hidden: Hidden channels per latent channel of identity-initialised steps.
         seed: Seed of those steps' random first layers.
 
     Returns:
-        A :class:`~lvmtoolkit.core.posterior.LocalPosterior` for the datapoints of ``x``.
+        A `LocalPosterior` for the datapoints of ``x``.
 
     Raises:
-        LvmError: ``init`` is neither Gaussian nor able to build a local posterior.
+        LvmError: ``init`` is neither Gaussian nor has a per-datapoint form of its own.
     """
     if structure not in STRUCTURES:
         raise LvmError(f"structure must be one of {', '.join(STRUCTURES)}, got {structure!r}")
     # A plain per-datapoint Gaussian asked for flows gets them on top of its Gaussians (below);
     # any other local posterior warm-starts as a copy of itself.
     adds_flows = num_flows > 0 and type(init) is LocalGaussianPosterior
-    if (isinstance(init, LocalPosterior) and not adds_flows) or (
-        structure == "hierarchical"
-        and not isinstance(init, LocalPosterior)
-        and isinstance(init, SupportsLocalPosterior)
-    ):
+    if not adds_flows and (structure == "hierarchical" or isinstance(init, LocalPosterior)):
         local = init.local_posterior(x, num_flows=num_flows, flow_hidden=flow_hidden, seed=seed)
-        if not isinstance(local, LocalPosterior):
-            raise LvmError(
-                f"{type(init).__name__}.local_posterior returned a {type(local).__name__}, "
-                "not a LocalPosterior"
-            )
-        local.check()
-        return local
+        if local is not None:
+            if not isinstance(local, LocalPosterior):
+                raise LvmError(
+                    f"{type(init).__name__}.local_posterior returned a {type(local).__name__}, "
+                    "not a LocalPosterior"
+                )
+            local.check()
+            return local
     if not isinstance(init, GaussianPosterior):
         raise LvmError(
             f"{type(init).__name__} is neither a Gaussian posterior nor one with a "

@@ -20,7 +20,7 @@ from lvmtoolkit.core.model import Model
 from lvmtoolkit.core.nelbo import nelbo
 from lvmtoolkit.core.options import option
 from lvmtoolkit.core.posterior import LocalPosterior, Posterior
-from lvmtoolkit.core.refiner import CheckpointCallback, Refiner, RefineResult
+from lvmtoolkit.core.refiner import RefineCall, Refiner, RefineResult
 from lvmtoolkit.core.runtime import chunks, frozen, mask_rows, seeded, stream_seed
 from lvmtoolkit.core.validation import check_allocation
 from lvmtoolkit.refiners.local import STRUCTURES, make_local_posterior
@@ -113,16 +113,9 @@ class SVIRefiner(Refiner):
 
     iterative = True
 
-    def _refine(
-        self,
-        model: Model,
-        x: torch.Tensor,
-        init: Posterior,
-        mask: torch.Tensor | None,
-        checkpoints: list[int],
-        on_checkpoint: CheckpointCallback | None,
-    ) -> RefineResult:
+    def _refine(self, call: RefineCall) -> RefineResult:
         o = self.options
+        model, x, mask = call.model, call.x, call.mask
         n = x.shape[0]
         # Selection noise differs from the optimisation noise (and from the plain seed an
         # evaluation would use) but is the same for every candidate, so per-datapoint
@@ -142,7 +135,7 @@ class SVIRefiner(Refiner):
             )
 
         with frozen(model):
-            local = self._make_local(init, x)
+            local = self._make_local(call.init, x)
         # STL drops the guide's own parameters from log q. Detaching a Normal site's
         # parameters does exactly that for independent per-datapoint Gaussians; in a
         # hierarchical posterior it would also cut the path through the groups above.
@@ -155,10 +148,9 @@ class SVIRefiner(Refiner):
             (o.steps, n), torch.float32, f"the trace of {o.steps} steps x {n} datapoints"
         )
         trace = torch.empty(o.steps, n)
-        marks = {s for s in checkpoints if s >= 1} | ({o.steps} if o.steps else set())
+        marks = {s for s in call.checkpoints if s >= 1} | ({o.steps} if o.steps else set())
         improved: dict[int, int] = {}
-        if on_checkpoint is not None and 0 in checkpoints:
-            on_checkpoint(0, best)
+        call.checkpoint(0, best)
         params = [p for p in local.parameters() if p.requires_grad]
         optimizer = OPTIMIZERS[o.optimizer](self._param_groups(local, params), o)
         scheduler = (
@@ -196,8 +188,7 @@ class SVIRefiner(Refiner):
                     best.assign(local, better)
                     best_score = torch.where(better, current, best_score)
                     improved[step] = int(better.sum())
-                    if on_checkpoint is not None and step in checkpoints:
-                        on_checkpoint(step, best)
+                    call.checkpoint(step, best)
         return RefineResult(
             best,
             trace,
@@ -286,7 +277,7 @@ def rate_groups(
     params: list[torch.Tensor], factors: dict[int, tuple[float, int]], o: SVIOptions
 ) -> list[dict]:
     """Optimiser parameter groups: ``lr`` times ``factors[id(p)][0]`` (default 1), times
-    :func:`dimension_scale` of the tensor's site dimension (``factors[id(p)][1]``, default the
+    `dimension_scale` of the tensor's site dimension (``factors[id(p)][1]``, default the
     size of one row) when ``o.lr_scaling == "dimension"``."""
     groups: dict[float, list[torch.Tensor]] = {}
     for p in params:

@@ -14,11 +14,11 @@ every latent group, keeping the top-down dependence between groups.
 
 Three things keep the optimisation sane on large posteriors (an NVAE has ~4,000 latent
 dimensions per image): the KL of a flow site is the low-variance estimator registered for
-:class:`~lvmtoolkit.flows.GaussianFlow` (closed form for the Gaussian part); flow weights
+`GaussianFlow` (closed form for the Gaussian part); flow weights
 learn at ``flow_lr`` over their fan-in (``hierarchical_flow_lr``, ten times smaller, inside
 a hierarchical posterior, where a flow's noise in an upper group reaches every group below);
 and each site's rates shrink with its dimension
-(:func:`~lvmtoolkit.refiners.svi.dimension_scale`), since Adam moves even pure-noise
+(`dimension_scale`), since Adam moves even pure-noise
 coordinates by ``lr``.
 """
 
@@ -88,7 +88,7 @@ class SVIFlowRefiner(SVIRefiner):
     """Per-datapoint mu/sigma and flow parameters, optimised jointly for a batch.
 
     The starting posterior is turned into a per-datapoint one by
-    :func:`~lvmtoolkit.refiners.local.make_local_posterior`; the loop is ``svi``'s, with its
+    `make_local_posterior`; the loop is ``svi``'s, with its
     guarantees: each datapoint's best posterior is kept (scored at the start, at every
     requested checkpoint and at the end with a ``select_samples``-sample NELBO under fixed
     noise, and replaced only where the new one scores lower), non-finite gradients are

@@ -19,7 +19,7 @@ import torch
 from pyro import poutine
 
 import lvmtoolkit as lvm
-from lvmtoolkit import CheckpointCallback, frozen, seeded, stream_seed
+from lvmtoolkit import frozen, seeded, stream_seed
 
 
 @dataclass
@@ -42,26 +42,18 @@ class ImportanceRefiner(lvm.Refiner):
     options_class = ImportanceOptions
     iterative = True  # it takes `steps` rounds
 
-    def _refine(
-        self,
-        model: lvm.Model,
-        x: torch.Tensor,
-        init: lvm.Posterior,
-        mask: torch.Tensor | None,
-        checkpoints: list[int],
-        on_checkpoint: CheckpointCallback | None,
-    ) -> lvm.RefineResult:
+    def _refine(self, call: lvm.RefineCall) -> lvm.RefineResult:
         # Refiner.refine has validated x and mask, resolved init and kept the checkpoints
         # within 0..steps before calling this.
         o = self.options
+        model, x, mask = call.model, call.x, call.mask
         with frozen(model), torch.no_grad():
-            current = lvm.LocalGaussianPosterior.from_posterior(init, x)
+            current = lvm.LocalGaussianPosterior.from_posterior(call.init, x)
             best = current.select(slice(None))
             best_score = self._score(model, best, x, mask)
-            if on_checkpoint is not None and 0 in checkpoints:
-                on_checkpoint(0, best)
+            call.checkpoint(0, best)
             trace = torch.empty(o.steps, x.shape[0])
-            marks = {s for s in checkpoints if s >= 1} | {o.steps}
+            marks = {s for s in call.checkpoints if s >= 1} | {o.steps}
             with seeded(stream_seed(o.seed, "importance/sample"), x.device):
                 for step in range(1, o.steps + 1):
                     log_w, z = self._weighted_samples(model, current, x, mask)
@@ -72,8 +64,7 @@ class ImportanceRefiner(lvm.Refiner):
                         better = score < best_score
                         best.assign(current, better)
                         best_score = torch.where(better, score, best_score)
-                        if on_checkpoint is not None and step in checkpoints:
-                            on_checkpoint(step, best)
+                        call.checkpoint(step, best)
         return lvm.RefineResult(best, trace, steps=o.steps, info={"selection_nelbo": best_score})
 
     def _score(
