@@ -31,6 +31,7 @@ _LAZY = {
     "LocalGaussianPosterior": "lvmtoolkit.core",
     "LocalPosterior": "lvmtoolkit.core",
     "CheckpointCallback": "lvmtoolkit.core",
+    "RefineCall": "lvmtoolkit.core",
     "nelbo": "lvmtoolkit.core",
     "frozen": "lvmtoolkit.core",
     "seeded": "lvmtoolkit.core",
