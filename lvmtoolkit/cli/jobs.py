@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -201,4 +202,62 @@ def print_report(report: dict[str, Any]) -> None:
     stderr.print(
         f"[dim]{report['protocol']['metric']}; {report['protocol']['samples_per_nelbo']} "
         f"posterior samples per NELBO; binarisation: {report['protocol']['binarization']}.[/dim]"
+    )
+
+
+@dataclass
+class Inputs:
+    """A command's model and images, from --backend/--dataset or --model/--data.
+
+    Attributes:
+        model: The model, on the device.
+        backend: Its label: the backend name, or the ``--model`` spec.
+        checkpoint: The checkpoint path (None for ``--model``).
+        dataset: The data's label: the dataset name, or the ``--data`` paths.
+        split_images: ``{split: images}``; with ``--data`` one entry, ``"data"``.
+    """
+
+    model: Any
+    backend: str
+    checkpoint: str | None
+    dataset: str
+    split_images: dict[str, Any]
+
+
+def command_inputs(
+    *,
+    backend: str,
+    checkpoint: str | None,
+    model_spec: str | None,
+    data: tuple[str, ...],
+    dataset: str,
+    data_dir: str | None,
+    splits: list[str],
+    num_images: int,
+    device: Any,
+) -> Inputs:
+    """The model and the first ``num_images`` images of each split (or of ``--data``), for
+    commands that hold all their images in memory (``lvm gaps``)."""
+    from lvmtoolkit.jobs import open_data, resolve_model
+
+    model, identity = resolve_model(model_spec, backend, checkpoint, device)
+    if data:
+        if given("dataset") or given("splits"):
+            from lvmtoolkit.errors import OptionError
+
+            raise OptionError("give --data or --dataset/--split, not both")
+        source = open_data(data, model.data_shape, num_images)
+        split_images = {"data": source.read(0, len(source))}
+        dataset = ", ".join(data)
+    else:
+        from lvmtoolkit.plugins import get_dataset
+
+        loader = get_dataset(dataset)(data_dir)
+        split_images = {split: loader.load(split).images[:num_images] for split in splits}
+    return Inputs(
+        model,
+        model_spec or backend,
+        identity.get("checkpoint"),
+        dataset,
+        split_images,
     )
