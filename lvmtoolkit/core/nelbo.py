@@ -9,7 +9,7 @@ import torch
 from lvmtoolkit.core.elbo import per_datapoint_elbo
 from lvmtoolkit.core.model import Model
 from lvmtoolkit.core.posterior import Posterior
-from lvmtoolkit.core.runtime import chunks, frozen, mask_rows, seeded
+from lvmtoolkit.core.runtime import chunks, frozen, seeded
 from lvmtoolkit.core.validation import check_batch
 
 
@@ -28,7 +28,10 @@ def nelbo(
     """NELBO of each datapoint, in nats, averaged over ``num_samples`` posterior samples.
 
     With a fixed ``seed`` two posteriors of the same batch are scored with the same noise
-    (common random numbers), so their per-datapoint difference has low variance.
+    (common random numbers), so their per-datapoint difference has low variance. The
+    samples of a datapoint are drawn in one batched pass (its row repeated), and what does
+    not depend on z (an encoder) runs once per datapoint
+    (`Posterior.evaluation_form`).
 
     Args:
         model: The generative model.
@@ -37,7 +40,7 @@ def nelbo(
         mask: Optional observed-pixel mask.
         num_samples: Samples of z per datapoint.
         seed: Seed of the sampling noise (None: use the global RNG).
-        chunk_size: Datapoints per forward pass (memory bound).
+        chunk_size: Datapoint-samples per forward pass (memory bound).
         analytic_kl: Closed-form KL where available (see `per_datapoint_elbo`).
 
     Returns:
@@ -45,13 +48,22 @@ def nelbo(
     """
     check_batch(model, x, mask)
     posterior.check_batch_size(x.shape[0])
-    total = torch.zeros(x.shape[0], device=x.device)
+    n = x.shape[0]
+    total = torch.zeros(n, device=x.device)
+    # Each datapoint's samples side by side: row r of the flat batch is datapoint r // S.
+    order = torch.arange(n, device=x.device).repeat_interleave(num_samples)
+    per_row_mask = mask is not None and mask.dim() == x.dim()
+    with frozen(model):
+        form = posterior.evaluation_form(x)
     with frozen(model), seeded(seed, x.device), pyro.validation_enabled(False):
-        for part in chunks(x.shape[0], chunk_size):
-            sub_mask = mask_rows(mask, part, x)
-            rows = posterior.rows(part)
-            for _ in range(num_samples):
-                total[part] -= per_datapoint_elbo(
-                    model.model, rows, x[part], mask=sub_mask, analytic_kl=analytic_kl
-                )
+        for part in chunks(order.shape[0], chunk_size):
+            index = order[part]
+            elbo = per_datapoint_elbo(
+                model.model,
+                form.rows(index),
+                x[index],
+                mask=mask[index] if per_row_mask else mask,
+                analytic_kl=analytic_kl,
+            )
+            total.index_add_(0, index, -elbo)
     return total / num_samples

@@ -87,6 +87,18 @@ class Posterior(nn.Module):
         """
         return None
 
+    def evaluation_form(self, x: torch.Tensor) -> Posterior:
+        """The same distribution for the batch ``x``, with what does not depend on z done once.
+
+        Estimators draw many samples per datapoint by repeating its row
+        (``rows(index)`` with repeats); an amortized posterior would rerun its encoder for
+        every repeat. Its evaluation form computes the encoder once for ``x`` and holds the
+        result per datapoint. The default is the posterior's own per-datapoint form, which
+        starts equal to it (`local_posterior`), or the posterior itself.
+        """
+        local = self.local_posterior(x)
+        return local if local is not None else self
+
     def rows(self, index: slice | torch.Tensor) -> Posterior:
         """The posterior of some datapoints of the batch, for chunked evaluation.
 
@@ -128,6 +140,10 @@ class AmortizedGaussianPosterior(GaussianPosterior):
     def gaussian_params(self, x: torch.Tensor) -> GaussianParams:
         return self.encoder(x)
 
+    def evaluation_form(self, x: torch.Tensor) -> LocalGaussianPosterior:
+        """The encoder's Gaussians for ``x``, computed once (see `Posterior.evaluation_form`)."""
+        return LocalGaussianPosterior(self.gaussian_params(x))
+
 
 class LocalPosterior(Posterior):
     """Base class of posteriors with free parameters per datapoint of one batch.
@@ -158,6 +174,11 @@ class LocalPosterior(Posterior):
     def guide(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         self.check_batch_size(x.shape[0])
         self.local_guide(x, slice(None))
+
+    def evaluation_form(self, x: torch.Tensor) -> LocalPosterior:
+        """Itself: it already holds its parameters per datapoint."""
+        self.check_batch_size(x.shape[0])
+        return self
 
     def rows(self, index: slice | torch.Tensor) -> Posterior:
         """A differentiable view of the datapoints ``index`` (repeats allowed)."""

@@ -60,6 +60,8 @@ def iwae_bound(
     per_block = max(1, max_rows // n) if n <= max_rows else 1
     row_parts = chunks(n, max_rows) if n > max_rows else [slice(0, n)]
     result = torch.empty(n, device=x.device)
+    with frozen(model):
+        posterior = posterior.evaluation_form(x)
     with frozen(model), seeded(seed, x.device), pyro.validation_enabled(False):
         for part in row_parts:
             rows = torch.arange(part.start, part.stop, device=x.device)
