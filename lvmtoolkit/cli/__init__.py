@@ -102,10 +102,11 @@ class LvmGroup(click.Group):
         except click.ClickException as err:
             click.echo(f"Error: {err.format_message()}", err=True)
             sys.exit(err.exit_code)
-        except Terminated:
-            click.echo("Terminated.", err=True)
-            sys.exit(128 + signal.SIGTERM)
-        except (click.Abort, KeyboardInterrupt):
+        except (click.Abort, KeyboardInterrupt) as err:
+            # Click turns KeyboardInterrupt (and so our Terminated) into Abort.
+            if isinstance(err, Terminated) or isinstance(err.__cause__, Terminated):
+                click.echo("Terminated.", err=True)
+                sys.exit(128 + signal.SIGTERM)
             click.echo("Aborted.", err=True)
             sys.exit(130)
         except LvmError as err:
