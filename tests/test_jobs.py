@@ -238,7 +238,7 @@ def test_a_single_file_vae_on_a_folder_of_pngs_gives_decodable_posteriors(tmp_pa
     for shard, part in enumerate((slice(0, 8), slice(8, 16), slice(16, 20))):
         seed = stream_seed(0, f"jobs/eval/{shard}")
         again = lvm.nelbo(
-            results.model, results.posterior.rows(part), x[part], num_samples=3, seed=seed
+            results.model, results.posterior.select(part), x[part], num_samples=3, seed=seed
         )
         assert torch.equal(again, results.column("nelbo_5")[part].float())
     # Sampleable and decodable; accepted by iwae_bound.
@@ -271,7 +271,7 @@ def test_load_results_rebuilds_each_posterior_family(
     x = results.data()
     seed = stream_seed(0, "jobs/eval/1")
     rescored = lvm.nelbo(
-        results.model, results.posterior.rows(slice(4, 6)), x[4:], num_samples=3, seed=seed
+        results.model, results.posterior.select(slice(4, 6)), x[4:], num_samples=3, seed=seed
     )
     column = "nelbo_amortized" if refiner == "amortized" else "nelbo_5"
     assert torch.equal(rescored, results.column(column)[4:].float())
@@ -340,3 +340,42 @@ def test_a_shard_does_not_depend_on_which_run_or_process_computed_it(tmp_path, i
     (tmp_path / "a" / "summary.json").unlink()
     assert lvm_run("refine", *common, "--output", tmp_path / "a").exit_code == 0
     assert shard_files(tmp_path / "a") == before
+
+
+# --- the same inputs for lvm gaps and lvm evaluate ---------------------------------------------
+
+
+def test_gaps_and_evaluate_take_data_and_model(tmp_path, images, tiny):
+    np.save(tmp_path / "a.npy", as_uint8(images[:10]))
+    inputs = ["--model", tiny, "--data", tmp_path / "a.npy", "--num-images", "4", "--threads", "1"]
+    gaps = lvm_run(
+        "gaps", *inputs, "--steps", "1", "--iwae-samples", "5", "--eval-samples", "2",
+        "--round-steps", "2", "--max-steps", "4", "--json",
+    )  # fmt: skip
+    assert gaps.exit_code == 0, gaps.output
+    report = json.loads(gaps.stdout)
+    assert list(report["results"]) == ["data"] and report["results"]["data"]["num_images"] == 4
+    evaluate = lvm_run(
+        "evaluate", "inpaint", *inputs, "--iterations", "1", "--refiner", "amortized",
+        "--fid-features", "none", "--masks", "centre", "--json",
+    )  # fmt: skip
+    assert evaluate.exit_code == 0, evaluate.output
+    assert list(json.loads(evaluate.stdout)["results"]) == [tiny]
+    both = lvm_run("gaps", *inputs, "--dataset", "mnist-5k")
+    assert both.exit_code == 1 and "not both" in both.stderr
+
+
+def test_load_results_refuses_a_model_with_other_parameters(tmp_path, images, tiny):
+    np.save(tmp_path / "a.npy", as_uint8(images[:4]))
+    out = tmp_path / "out"
+    assert (
+        lvm_run(
+            "refine", "--model", tiny, "--data", tmp_path / "a.npy", "--output", out, *FAST
+        ).exit_code
+        == 0
+    )
+    from lvmtoolkit.testing import make_tiny_model
+
+    assert len(lvm.load_results(out, model=make_tiny_model())) == 4
+    with pytest.raises(LvmError, match="other parameters"):
+        lvm.load_results(out, model=make_tiny_model(seed=1))

@@ -34,7 +34,8 @@ def input_options(f: Callable[..., Any]) -> Callable[..., Any]:
         help="Your own data instead of --dataset/--split: a folder of images (all files, "
         "sorted by name, one size; converted and resized as `lvm inpaint` does), a .npy, "
         ".npz or .safetensors array (N, C, H, W) or (N, H, W), uint8 or floats in [0, 1], "
-        "or an IDX file (*-ubyte[.gz]). Repeat to read several, one after the other.",
+        "or an IDX file (*-ubyte[.gz]). Repeat to read several, one after the other. "
+        "All of it is used unless --num-images is given.",
     )(f)
 
 
@@ -59,7 +60,8 @@ def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option(
         "--overwrite",
         is_flag=True,
-        help="Replace the results of another command in --output.",
+        help="Replace the results of another command in --output (the same command "
+        "always resumes; delete the folder to start it afresh).",
     )(f)
     return click.option(
         "--output",
@@ -261,3 +263,30 @@ def command_inputs(
         dataset,
         split_images,
     )
+
+
+def user_models(
+    model_spec: str, backends: str | None, checkpoints: dict[str, str], device: Any
+) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """``lvm evaluate --model``: the user's model as the one model evaluated."""
+    from lvmtoolkit.errors import OptionError
+    from lvmtoolkit.jobs import load_user_model
+
+    if backends or checkpoints:
+        raise OptionError("give --model or --backend/--checkpoint, not both")
+    model, identity = load_user_model(model_spec, device)
+    return {model_spec: model}, {model_spec: identity.get("path", model_spec)}, []
+
+
+def data_images(data: tuple[str, ...], models: dict[str, Any], num_images: int) -> Any:
+    """``lvm evaluate --data``: the first ``num_images`` datapoints, for every model."""
+    from lvmtoolkit.errors import OptionError
+    from lvmtoolkit.jobs import open_data
+
+    if given("dataset") or given("split"):
+        raise OptionError("give --data or --dataset/--split, not both")
+    shapes = {tuple(model.data_shape) for model in models.values()}
+    if len(shapes) != 1:
+        raise OptionError("--data needs models of one datapoint shape; pick them with --backend")
+    source = open_data(data, shapes.pop(), num_images)
+    return source.read(0, len(source))

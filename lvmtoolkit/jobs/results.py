@@ -251,9 +251,9 @@ def load_results(
 
     Args:
         path: The results folder.
-        model: The model the results were computed with. Default: rebuilt from the
-            manifest (the backend's checkpoint, or the ``--model`` file or module) and
-            checked against the recorded parameter hash.
+        model: The model the results were computed with (checked against the recorded
+            parameter hash). Default: rebuilt from the manifest (the backend's checkpoint,
+            or the ``--model`` file or module).
         device: Where to put the model (when rebuilt) and the posterior.
         posterior: Whether to build the refined posterior (all datapoints' parameters in
             memory); False reads only the table.
@@ -295,6 +295,14 @@ def load_results(
         from lvmtoolkit.jobs.user_model import rebuild_model
 
         model = rebuild_model(job["model"], device)
+    else:
+        from lvmtoolkit.jobs.user_model import parameters_sha256
+
+        if parameters_sha256(model) != job["model"]["parameters_sha256"]:
+            raise LvmError(
+                f"{folder.root}: the model passed has other parameters than the one the "
+                "results were computed with"
+            )
     table = list(iter_rows(folder, job["num_shards"]))
     result_posterior = None
     if posterior:
