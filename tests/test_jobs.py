@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -168,6 +169,10 @@ def test_an_output_folder_of_another_command_is_refused_unless_overwrite(tmp_pat
     first = lvm_run("refine", "--model", tiny, "--data", tmp_path / "a.npy", "--output", out, *FAST)
     assert first.exit_code == 0, first.output
     before = tree_digest(out)
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [out / "manifest.json", *out.glob("shards/*")]:  # not mkstemp's 0600
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
     other = ("--model", tiny, "--data", tmp_path / "a.npy", "--output", out, *FAST)
     refused = lvm_run("refine", *other, "-o", "lr=0.01")
     assert refused.exit_code == 1

@@ -50,6 +50,16 @@ SUMMARY = "summary.json"
 SHARDS = "shards"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+"""The mode of an ordinary new file (mkstemp's temporary files are private)."""
+
+
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Call ``write(temp_path)``, then rename the temporary file over ``path``."""
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -58,6 +68,7 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         write(temp)
         with open(temp, "rb+") as written:
             os.fsync(written.fileno())
+        os.chmod(temp, _FILE_MODE)
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
