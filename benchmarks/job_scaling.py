@@ -7,9 +7,10 @@ Runs the same job (one model, one refiner recipe, the same shard size) as separa
 1. peak RSS with the first ``--small`` datapoints and with all of them: a job reads and
    refines shard by shard, so the two should be within a few percent;
 2. wall time and datapoints per second of the full run;
-3. the same ``--ratio-count`` datapoints with one process and with ``torchrun
-   --nproc-per-node 2`` (one thread per process): the wall-time ratio, and whether the two
-   results folders hold the same per-datapoint results.
+3. the same ``--ratio-count`` datapoints with one process of one thread, with ``torchrun
+   --nproc-per-node 2`` (one thread per process), and with one process of two threads: the
+   wall-time ratios, and whether the torchrun and one-process folders hold the same
+   per-datapoint results.
 
 The ratios are within this script's runs, on the same machine, one after the other (run it
 alone: ``flock`` keeps other heavy jobs off the cores). Defaults measure Fashion-MNIST's
@@ -79,12 +80,12 @@ def main() -> None:
         str(FASHION / "t10k-images-idx3-ubyte.gz"),
     ]
     parser.add_argument("--data", action="append", help="data files (default: Fashion-MNIST)")
-    parser.add_argument("--steps", default="10,50", help="--steps of the job (default 10,50)")
-    parser.add_argument("--eval-samples", type=int, default=10, help="default 10")
+    parser.add_argument("--steps", default="10,100", help="--steps of the job (default 10,100)")
+    parser.add_argument("--eval-samples", type=int, default=100, help="default 100")
     parser.add_argument("--shard-size", type=int, default=1000, help="default 1000")
     parser.add_argument("--threads", type=int, default=2, help="threads of the full run")
     parser.add_argument("--small", type=int, default=10000, help="datapoints of the small run")
-    parser.add_argument("--ratio-count", type=int, default=4000, help="datapoints, torchrun")
+    parser.add_argument("--ratio-count", type=int, default=20000, help="datapoints, torchrun")
     parser.add_argument("--out", type=Path, default=Path("runs/job-scaling"))
     args = parser.parse_args()
     data = args.data or default_data
@@ -108,6 +109,7 @@ def main() -> None:
          *job(args.out / "two", 1, args.ratio_count)],
         1,
     )  # fmt: skip
+    one_two_threads = run([*lvm, *job(args.out / "one-2-threads", 2, args.ratio_count)], 2)
     report = {
         "job": {
             "checkpoint": args.checkpoint,
@@ -129,7 +131,11 @@ def main() -> None:
             "datapoints": args.ratio_count,
             "one_process_1_thread_seconds": one["seconds"],
             "torchrun_2x1_thread_seconds": two["seconds"],
+            "one_process_2_threads_seconds": one_two_threads["seconds"],
             "time_ratio_torchrun_over_one": round(two["seconds"] / one["seconds"], 3),
+            "time_ratio_torchrun_over_one_2_threads": round(
+                two["seconds"] / one_two_threads["seconds"], 3
+            ),
             "same_results": same_results(args.out / "one", args.out / "two")
             and json.loads(one["stdout"]) == json.loads(two["stdout"]),
         },
