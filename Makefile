@@ -10,7 +10,7 @@ PLUGINS := $(wildcard plugins/*/pyproject.toml)
 # mkdocs-material prints a banner about its successor on every build; keep the log quiet.
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install demo test lint pytest docs docs-serve bench clean
+.PHONY: install demo test lint pytest docs docs-serve bench bench-jobs clean
 
 $(BIN)/.installed: pyproject.toml $(PLUGINS)
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,20 @@ test: lint pytest docs
 bench: install
 	$(BIN)/python benchmarks/refine_throughput.py --threads 1
 	$(BIN)/python benchmarks/refine_throughput.py --threads 2
+
+# The jobs benchmark (docs/jobs.md): Fashion-MNIST from Debian's package, a VAE trained on
+# its train split (12 epochs, about 8 minutes on 2 cores), then refine jobs over 10k / 70k.
+FASHION := /usr/share/datasets/fashion-mnist
+
+$(FASHION)/train-images-idx3-ubyte.gz:
+	apt-get install -y dataset-fashion-mnist || sudo apt-get install -y dataset-fashion-mnist
+
+runs/fashion-vae/model.safetensors: $(BIN)/.installed $(FASHION)/train-images-idx3-ubyte.gz
+	$(BIN)/lvm train --backend vae --dataset fashion-mnist --data-dir $(FASHION) \
+		--epochs 12 --threads 2 -o runs/fashion-vae
+
+bench-jobs: runs/fashion-vae/model.safetensors
+	$(BIN)/python benchmarks/job_scaling.py --checkpoint runs/fashion-vae --out runs/job-scaling
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache site
