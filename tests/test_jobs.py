@@ -384,3 +384,18 @@ def test_load_results_refuses_a_model_with_other_parameters(tmp_path, images, ti
     assert len(lvm.load_results(out, model=make_tiny_model())) == 4
     with pytest.raises(LvmError, match="other parameters"):
         lvm.load_results(out, model=make_tiny_model(seed=1))
+
+
+def test_a_job_over_a_registered_dataset_takes_the_first_images_of_each_split(tmp_path, tiny):
+    out = tmp_path / "out"
+    args = ["--model", tiny, "--dataset", "mnist-5k", "--split", "test,train", "--num-images", "3"]
+    result = lvm_run("refine", *args, "--output", out, *FAST, "--shard-size", "4")
+    assert result.exit_code == 0, result.output
+    results = lvm.load_results(out, posterior=False)
+    assert [row["id"] for row in results.table] == [
+        "test/0", "test/1", "test/2", "train/0", "train/1", "train/2",
+    ]  # fmt: skip
+    assert results.posterior is None
+    # Shard 1 holds rows 4-5 (train/1, train/2), binarised as one batch by the model.
+    train = lvm.get_dataset("mnist-5k")().load("train").images
+    assert torch.equal(results.data()[4:], results.model.evaluation_data(train[1:3]))
