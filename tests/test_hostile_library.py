@@ -21,7 +21,7 @@ from torch import nn
 
 import lvmtoolkit
 from lvmtoolkit import LvmError
-from lvmtoolkit.adapters import AdapterError, AdapterWarning, TorchVAE
+from lvmtoolkit.adapters import AdapterError, TorchVAE
 from lvmtoolkit.core.options import parse_options
 from lvmtoolkit.errors import CheckpointError, OptionError
 from lvmtoolkit.metrics import iwae_bound, nelbo
@@ -82,6 +82,8 @@ def _networks(decoder_tail: nn.Module | None = None, scale_tail: nn.Module | Non
 
 
 def test_torch_vae_warns_about_a_sigmoid_decoder_declared_as_logits():
+    from lvmtoolkit.adapters import AdapterWarning
+
     encoder, decoder = _networks(decoder_tail=nn.Sigmoid())
     with pytest.warns(AdapterWarning, match="bernoulli-probs"):
         TorchVAE(encoder, decoder, data_shape=(1, 28, 28), latent_shape=(4,))
