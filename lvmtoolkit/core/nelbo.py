@@ -28,10 +28,9 @@ def nelbo(
     """NELBO of each datapoint, in nats, averaged over ``num_samples`` posterior samples.
 
     With a fixed ``seed`` two posteriors of the same batch are scored with the same noise
-    (common random numbers), so their per-datapoint difference has low variance. The
-    samples of a datapoint are drawn in one batched pass (its row repeated), and what does
-    not depend on z (an encoder) runs once per datapoint
-    (`Posterior.evaluation_form`).
+    (common random numbers), so their per-datapoint difference has low variance. What does
+    not depend on z (an encoder) runs once per datapoint (`Posterior.evaluation_form`), and
+    a batch smaller than ``chunk_size`` draws several samples per pass.
 
     Args:
         model: The generative model.
@@ -50,20 +49,26 @@ def nelbo(
     posterior.check_batch_size(x.shape[0])
     n = x.shape[0]
     total = torch.zeros(n, device=x.device)
-    # Each datapoint's samples side by side: row r of the flat batch is datapoint r // S.
-    order = torch.arange(n, device=x.device).repeat_interleave(num_samples)
     per_row_mask = mask is not None and mask.dim() == x.dim()
     with frozen(model):
         form = posterior.evaluation_form(x)
     with frozen(model), seeded(seed, x.device), pyro.validation_enabled(False):
-        for part in chunks(order.shape[0], chunk_size):
-            index = order[part]
-            elbo = per_datapoint_elbo(
-                model.model,
-                form.rows(index),
-                x[index],
-                mask=mask[index] if per_row_mask else mask,
-                analytic_kl=analytic_kl,
-            )
-            total.index_add_(0, index, -elbo)
+        for part in chunks(n, chunk_size):
+            rows = torch.arange(part.start, part.stop, device=x.device)
+            # A small batch takes several samples per pass (its rows repeated, which gathers
+            # per-datapoint parameters); a batch of chunk_size takes one, as a view.
+            per_pass = max(1, chunk_size // rows.shape[0])
+            done = 0
+            while done < num_samples:
+                block = min(per_pass, num_samples - done)
+                index = part if block == 1 else rows.repeat(block)
+                elbo = per_datapoint_elbo(
+                    model.model,
+                    form.rows(index),
+                    x[index],
+                    mask=mask[index] if per_row_mask else mask,
+                    analytic_kl=analytic_kl,
+                )
+                total[part] -= elbo.view(block, -1).sum(0)
+                done += block
     return total / num_samples
