@@ -28,11 +28,13 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pyro
@@ -85,7 +87,7 @@ class DenseOpRecorder(TorchDispatchMode):
         super().__init__()
         self.ops: Counter = Counter()
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func in DENSE_OPS:
             kwarg_spec = tuple(sorted((k, _spec(v)) for k, v in (kwargs or {}).items()))
             self.ops[(func, _spec(args), kwarg_spec)] += 1
@@ -113,7 +115,7 @@ def replay_seconds(ops: Counter, repeats: int) -> float:
 
 def mlp(sizes: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes, sizes[1:], strict=False)):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(nn.ELU())
@@ -271,16 +273,16 @@ def main() -> None:
         x = binarize_fixed(images[:n])
         for threads in (int(t) for t in args.threads.split(",")):
             torch.set_num_threads(threads)
-            workloads = {
-                "svi step": lambda m=model: refiner_step("svi", m, x, args.steps, args.repeats),
-                "svi-flow step": lambda m=model: refiner_step(
-                    "svi-flow", m, x, args.steps, args.repeats
+            workloads: dict[str, Callable[[], tuple[float, float, Counter]]] = {
+                "svi step": partial(refiner_step, "svi", model, x, args.steps, args.repeats),
+                "svi-flow step": partial(
+                    refiner_step, "svi-flow", model, x, args.steps, args.repeats
                 ),
-                f"NELBO S={args.samples}": lambda m=model: evaluation(
-                    "nelbo", m, x, args.samples, args.repeats
+                f"NELBO S={args.samples}": partial(
+                    evaluation, "nelbo", model, x, args.samples, args.repeats
                 ),
-                f"IWAE k={args.iwae}": lambda m=model: evaluation(
-                    "iwae", m, x, args.iwae, args.repeats
+                f"IWAE k={args.iwae}": partial(
+                    evaluation, "iwae", model, x, args.iwae, args.repeats
                 ),
             }
             for workload, measure in workloads.items():
