@@ -52,7 +52,7 @@ def raw_loop(model, x: torch.Tensor, steps: int, chunk: int | None) -> float:
         loc0, scale0 = model.encode(x)["z"]
     loc = loc0.clone().requires_grad_(True)
     log_scale = scale0.log().clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([loc, log_scale], lr=1e-3)
+    optimizer = torch.optim.Adam([loc, log_scale], lr=1e-3, fused=True)
     flat = x.flatten(1)
     parts = (
         [slice(0, x.shape[0])]
@@ -83,7 +83,7 @@ def one_at_a_time(model, x: torch.Tensor, steps: int) -> float:
             loc0, scale0 = model.encode(xi)["z"]
         loc = loc0.clone().requires_grad_(True)
         log_scale = scale0.log().clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([loc, log_scale], lr=1e-3)
+        optimizer = torch.optim.Adam([loc, log_scale], lr=1e-3, fused=True)
         for _ in range(steps):
             optimizer.zero_grad()
             sigma = log_scale.exp()
