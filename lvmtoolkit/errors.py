@@ -1,6 +1,6 @@
 """Exceptions with messages a user can act on.
 
-Every error the toolkit raises on bad input derives from :class:`LvmError`; the CLI turns
+Every error the toolkit raises on bad input derives from `LvmError`; the CLI turns
 these into one-line messages and a non-zero exit status instead of a traceback.
 """
 
@@ -14,12 +14,13 @@ class LvmError(Exception):
 class UnknownNameError(LvmError, KeyError):
     """A backend, refiner or dataset name that no installed plugin registered."""
 
-    def __init__(self, kind: str, name: str, available: list[str]):
+    def __init__(self, kind: str, name: str, available: list[str], *, hint: str = ""):
+        """``hint`` is appended to the message, e.g. which plugins failed to load."""
         self.kind = kind
         self.name = name
         self.available = sorted(available)
         listed = ", ".join(self.available) if self.available else "none"
-        super().__init__(f"unknown {kind} {name!r}; installed {kind}s: {listed}")
+        super().__init__(f"unknown {kind} {name!r}; installed {kind}s: {listed}{hint}")
 
     def __str__(self) -> str:  # KeyError would otherwise print the repr of the message
         return self.args[0]
