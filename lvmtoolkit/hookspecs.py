@@ -61,6 +61,21 @@ def register_datasets(register: Callable[[type], None]) -> None:
 
 
 @hookspec
+def register_observations(register: Callable[[type], None]) -> None:
+    """Register observation models: ``register(ObservationModelSubclass)``; ``name`` is its key.
+
+    An observation model says how observed data y arise from clean data x, pixel by pixel
+    (``lvmtoolkit.ObservationModel``); ``lvm denoise --noise NAME`` and
+    ``lvmtoolkit.restore`` use it. Called whenever the observation-model registry is read
+    (``--noise``, ``get_observation``, ``lvm plugins``), possibly many times per process:
+    must be idempotent and cheap.
+
+    Args:
+        register: Call it once per `ObservationModel` subclass.
+    """
+
+
+@hookspec
 def register_commands(cli: click.Group) -> None:
     """Add commands to the ``lvm`` Click group: ``@cli.command() def mycommand(): ...``.
 

@@ -2,7 +2,8 @@
 
 Plugins are found in the ``lvmtoolkit`` entry-point group. Set ``LVM_LOAD_PLUGINS`` to a
 comma-separated list of entry-point names to load only those (an empty value loads none);
-the core's default plugins (built-in refiners and datasets) always load.
+the core's default plugins (built-in refiners, datasets and observation models) always
+load.
 
 A third-party plugin can never break the toolkit: each entry point is loaded on its own,
 and one that fails to import, implements a hook that does not exist (a misspelt name such
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from lvmtoolkit.core.model import Model
 
 ENTRY_POINT_GROUP = "lvmtoolkit"
-DEFAULT_PLUGINS = ("lvmtoolkit.refiners", "lvmtoolkit.data")
+DEFAULT_PLUGINS = ("lvmtoolkit.refiners", "lvmtoolkit.data", "lvmtoolkit.tasks.observations")
 
 pm = pluggy.PluginManager("lvmtoolkit")
 pm.add_hookspecs(hookspecs)
@@ -207,6 +208,11 @@ def datasets() -> dict[str, Registration]:
     return _collect("register_datasets", "dataset")
 
 
+def observations() -> dict[str, Registration]:
+    """All registered observation models (ObservationModel subclasses), by name."""
+    return _collect("register_observations", "observation model")
+
+
 def _get(table: dict[str, Registration], kind: str, name: str) -> Any:
     if name not in table:
         broken = broken_plugins()
@@ -232,6 +238,11 @@ def get_refiner(name: str) -> Any:
 def get_dataset(name: str) -> Any:
     """The dataset class registered as ``name``; `UnknownNameError` lists the others."""
     return _get(datasets(), "dataset", name)
+
+
+def get_observation(name: str) -> Any:
+    """The observation-model class registered as ``name``; `UnknownNameError` lists the others."""
+    return _get(observations(), "observation model", name)
 
 
 def load_checkpoint(
@@ -269,6 +280,7 @@ def plugin_info() -> list[dict[str, Any]]:
         ("backends", backends()),
         ("refiners", refiners()),
         ("datasets", datasets()),
+        ("observations", observations()),
     ):
         for reg in table.values():
             registered.setdefault(reg.plugin, {}).setdefault(kind, []).append(reg.name)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -63,26 +64,44 @@ def test_inpaint_one_image_keeps_known_pixels(files, tmp_path):
     grid = tmp_path / "grid.png"
     result = run(
         "inpaint", folder / "a.png", "--mask", masks / "a.png", "-o", out,
-        "--iterations", "8", "--refiner", "svi", "-O", "steps=2", "--grid", grid,
-        "--threads", "1", "--json",
+        "-O", "steps=20", "--grid", grid, "--threads", "1", "--json",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     image, known, filled = _known_unchanged(folder / "a.png", masks / "a.png", out)
     assert not np.array_equal(filled[~known], image[~known])  # the hole was filled
     report = json.loads(result.stdout)
-    assert report["refiner"] == "svi" and report["options"]["steps"] == "2"
-    assert report["files"] == [
-        {"input": str(folder / "a.png"), "output": str(out), "mask": str(masks / "a.png")}
-    ]
-    # input, mask, t=2, t=4, t=6, result; each cell 28 * 3 pixels wide
-    assert Image.open(grid).size[0] >= 6 * 84
+    assert (report["method"], report["noise"]) == (
+        "conditional",
+        "missing:region=centre,fraction=0.5",
+    )
+    assert report["refiner"] == "svi" and report["options"]["steps"] == "20"
+    assert report["files"][0]["input"] == str(folder / "a.png")
+    assert report["files"][0]["mask"] == str(masks / "a.png")
+    assert 0 < report["files"][0]["mean_std"] < 0.5
+    # input, mask, result, uncertainty, 3 samples; each cell 28 * 3 pixels wide
+    assert Image.open(grid).size[0] >= 7 * 84
+
+
+def test_inpaint_pseudo_gibbs_and_notes_on_unused_options(files, tmp_path):
+    folder, masks = files
+    out = tmp_path / "chain.png"
+    result = run(
+        "inpaint", folder / "b.png", "--mask", masks / "b.png", "-o", out, "--method",
+        "pseudo-gibbs", "--iterations", "3", "--samples", "4", "--threads", "1", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    _known_unchanged(folder / "b.png", masks / "b.png", out)
+    report = json.loads(result.stdout)
+    assert report["method"] == "pseudo-gibbs" and report["iterations"] == 3
+    assert report["options"]["steps"] == "10"  # the chain's per-iteration default
+    assert "--samples applies to conditional and importance" in result.stderr
 
 
 def test_inpaint_a_folder_with_a_folder_of_masks(files, tmp_path):
     folder, masks = files
     out = tmp_path / "out"
     result = run(
-        "inpaint", folder, "--mask", masks, "-o", out, "--iterations", "3", "--threads", "1"
+        "inpaint", folder, "--mask", masks, "-o", out, "-O", "steps=20", "--threads", "1"
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
@@ -96,7 +115,7 @@ def test_inpaint_white_is_known_flag_inverts_the_mask(files, tmp_path):
     out = tmp_path / "inverted.png"
     result = run(
         "inpaint", folder / "b.png", "--mask", masks / "b.png", "--white-is-known",
-        "-o", out, "--iterations", "2",
+        "-o", out, "-O", "steps=5",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     image = np.asarray(Image.open(folder / "b.png"))
@@ -109,13 +128,14 @@ def test_denoise_writes_images_of_the_input_size(files, tmp_path):
     out = tmp_path / "clean"
     out.mkdir()
     result = run(
-        "denoise", folder / "a.png", "-o", out, "--iterations", "2", "--result", "sample",
+        "denoise", folder / "a.png", "-o", out, "-O", "steps=5", "--result", "sample",
         "--grid", tmp_path / "g.png", "--json",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     written = Image.open(out / "a.png")
     assert written.size == (56, 84)
     assert json.loads(result.stdout)["result"] == "sample"
+    assert "denoise: assuming noise gaussian:variance=0.5,clip=true" in result.stderr
 
 
 def _bad_inputs(tmp_path, folder, masks):
@@ -169,41 +189,138 @@ def test_bad_input_is_one_line_and_writes_nothing(files, tmp_path):
     assert not (tmp_path / "out.png").exists() and before
 
 
+@pytest.fixture(scope="module")
+def ppca_checkpoint(tmp_path_factory):
+    """A linear-Gaussian (pPCA) checkpoint fitted to real digits: Gaussian pixels."""
+    from lvm_linear_gaussian.model import LinearGaussian
+
+    from lvmtoolkit.core.checkpoint import save_checkpoint
+    from lvmtoolkit.plugins import get_dataset
+
+    images = get_dataset("mnist-5k")().load("train").images[:500]
+    model = LinearGaussian.fit_ppca(images, latent_dim=5)
+    return save_checkpoint(model, tmp_path_factory.mktemp("ppca") / "ppca")
+
+
+def test_bad_noise_models_are_one_line_and_write_nothing(files, tmp_path, ppca_checkpoint):
+    folder, masks = files
+    b, out = folder / "b.png", tmp_path / "out.png"
+    ppca = ["--backend", "linear-gaussian", "--checkpoint", ppca_checkpoint]
+    cases = [
+        (["denoise", b, "--noise", "speckle"], "unknown observation model 'speckle'"),
+        (["denoise", b, "--noise", "gaussian:sigma=1"], "unknown option sigma; options: clip"),
+        (["denoise", b, "--noise", "gaussian:variance=0"], "option variance: must be > 0"),
+        (["denoise", b, "--noise", "gaussian:variance=-0.5"], "option variance: must be > 0"),
+        (["denoise", b, "--noise", "gaussian:variance=x"], "option variance: expected float"),
+        (["denoise", b, "--noise", "gaussian:variance"], "is not KEY=VALUE"),
+        (["denoise", b, "--noise", "salt-pepper:rate=1.5"], "option rate: must be <= 1"),
+        (["denoise", b, "--noise", "missing"], "missing is not a noise model"),
+        (
+            ["denoise", b, "--noise", "salt-pepper", *ppca],
+            "observation model 'salt-pepper' with Gaussian pixels (the linear-gaussian "
+            "model's likelihood) has no exact p(y | z)",
+        ),
+        (["denoise", b, "--noise", "bit-flip", *ppca], "'bit-flip' with Gaussian pixels"),
+        (["inpaint", b, "--mask", masks / "b.png", "--noise", "nope"], "unknown observation"),
+        (["denoise", b, "--method", "gibbs"], "Invalid value for '--method'"),
+    ]
+    for args, message in cases:
+        made = {p for p in tmp_path.rglob("*")}
+        result = run(*args, "-o", out, "--threads", "1")
+        assert result.exit_code != 0, args
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: "), (args, result.stderr)
+        assert message in lines[0], (args, lines[0])
+        assert {p for p in tmp_path.rglob("*")} == made, args
+    assert not out.exists()
+
+
+def test_denoise_a_noisy_official_test_digit_gets_closer_to_the_clean_digit(tmp_path):
+    """Must-show: `lvm denoise noisy.png -o clean.png --noise gaussian:variance=0.5`."""
+    from lvmtoolkit.data import binarize_fixed
+    from lvmtoolkit.metrics.ssim import ssim
+    from lvmtoolkit.plugins import get_dataset
+    from lvmtoolkit.tasks import GaussianNoise
+
+    if (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
+        images = get_dataset("mnist")(MNIST_DIR).load("test").images[:4]
+    else:
+        images = get_dataset("mnist-5k")().load("test").images[:4]
+    clean = binarize_fixed(images)
+    noisy = GaussianNoise(variance=0.5).corrupt(clean, seed=11).y
+    folder = tmp_path / "noisy"
+    folder.mkdir()
+    for i, image in enumerate(noisy):
+        Image.fromarray(np.rint(image[0].numpy() * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    result = run(
+        "denoise", folder, "-o", tmp_path / "clean", "--noise", "gaussian:variance=0.5",
+        "--threads", "1",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+    def read(path):
+        return torch.from_numpy(np.array(Image.open(path))).float()[None, None] / 255
+
+    for i in range(4):
+        restored = read(tmp_path / "clean" / f"{i}.png")
+        before = ssim(read(folder / f"{i}.png"), clean[i : i + 1]).item()
+        after = ssim(restored, clean[i : i + 1]).item()
+        assert after > before + 0.2, (i, before, after)
+
+
 def test_evaluate_inpaint_json_markdown_and_grid(tmp_path):
-    base = ["evaluate", "inpaint", "--backend", "vae", "--refiner", "amortized,svi", "-o",
-            "svi.steps=2", "--num-images", "6", "--iterations", "3", "--threads", "1"]  # fmt: skip
+    base = ["evaluate", "inpaint", "--backend", "vae", "--refiner", "amortized,svi",
+            "-o", "svi.steps=30", "--num-images", "6", "--nll-samples", "8",
+            "--threads", "1"]  # fmt: skip
     grid = tmp_path / "grid.png"
-    result = run(*base, "--record-every", "1", "--grid", grid, "--grid-rows", "2", "--json")
+    result = run(
+        *base, "--method", "conditional,pseudo-gibbs", "--iterations", "3", "--grid", grid,
+        "--grid-rows", "2", "--json",
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["protocol"]["fid"] == "FID (MNIST-classifier features)"
-    assert report["refiners"]["svi"]["steps"] == "2"
+    assert report["refiners"]["svi"]["steps"] == "30"
+    chain_svi = report["protocol"]["chain_refiners"]["svi"]
+    assert (chain_svi["steps"], chain_svi["select_samples"]) == (30, 2)
     rows = report["results"]["vae"]
     assert set(rows) == {"centre", "half", "random"}
     for kind in rows.values():
-        assert set(kind) == {"corrupted", "amortized", "svi"}
-        for row in kind.values():
-            assert 0 < row["ssim"] <= 1 and row["fid"] >= 0
-        assert kind["svi"]["ssim_by_iteration"].keys() == {"1", "2", "3"}
-        # the restored images score better than the corrupted input
-        assert kind["amortized"]["ssim"] > kind["corrupted"]["ssim"]
-    # original, input, vae amortized, vae svi; 2 rows per kind
+        assert set(kind["methods"]) == {"conditional", "pseudo-gibbs"}
+        assert 0 < kind["corrupted"]["ssim"] <= 1 and "nll" not in kind["corrupted"]
+        for by_refiner in kind["methods"].values():
+            assert set(by_refiner) == {"amortized", "svi"}
+            for row in by_refiner.values():
+                assert 0 < row["ssim"] <= 1 and row["fid"] >= 0
+                assert 0 < row["nll"] < 500 and row["seconds_per_image"] > 0
+        # restoring beats the corrupted input
+        assert kind["methods"]["conditional"]["svi"]["ssim"] > kind["corrupted"]["ssim"]
+    # original, input, 2 methods x 2 refiners; 2 rows per kind
     width, height = Image.open(grid).size
-    assert height == 14 + 6 * (84 + 4) + 4 and width >= 4 * 84
+    assert height == 14 + 6 * (84 + 4) + 4 and width >= 6 * 84
     markdown = run(*base, "--masks", "half", "--fid-features", "none", "--markdown")
     assert markdown.exit_code == 0, markdown.output
     lines = markdown.stdout.strip().splitlines()
-    assert lines[0] == "| backend | refiner | half: SSIM ↑ |"
-    assert [line.split(" | ")[1] for line in lines[2:]] == ["(corrupted input)", "amortized", "svi"]
+    assert lines[0].startswith("**half**: ")
+    assert lines[2] == "| backend | method | refiner | SSIM ↑ | NLL ↓ | s / image |"
+    assert [line.split(" | ")[1:3] for line in lines[4:]] == [
+        ["(corrupted input)", ""],
+        ["conditional", "amortized"],
+        ["conditional", "svi"],
+    ]
 
 
-def test_evaluate_denoise_table(tmp_path):
+def test_evaluate_denoise_table():
     result = run(
-        "evaluate", "denoise", "--backend", "vae", "--refiner", "amortized",
-        "--noise", "salt-pepper", "--num-images", "4", "--iterations", "2",
+        "evaluate", "denoise", "--backend", "vae", "--refiner", "svi", "-o", "steps=20",
+        "--noise", "salt-pepper:rate=0.2,gaussian:variance=0.5,clip=true", "--num-images", "4",
+        "--nll-samples", "4", "--method", "importance", "--samples", "8",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "salt-pepper: SSIM" in result.stderr and "(corrupted input)" in result.stderr
+    assert "denoise salt-pepper:rate=0.2" in result.stderr
+    assert "denoise gaussian:variance=0.5,clip=true" in result.stderr
+    table = result.stderr[result.stderr.index("denoise salt-pepper:rate=0.2") :]
+    assert " input " in table and " importance " in table
 
 
 @pytest.mark.parametrize(
@@ -219,10 +336,25 @@ def test_evaluate_denoise_table(tmp_path):
         (["--fid-features", "inception", "--fid-weights", "/nonexistent.pth"], "not found at"),
         (["--fid-dims", "64"], "--fid-dims applies to inception features only"),
         (["--json", "--markdown"], "choose one of --json and --markdown"),
+        (["--method", "conditional,nope"], "unknown method nope"),
     ],
 )
 def test_evaluate_bad_input(args, message):
     result = run("evaluate", "inpaint", "--backend", "vae", "--num-images", "2", *args)
+    assert result.exit_code != 0
+    assert result.stderr.startswith("Error: ") and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--noise", "gaussian:variance=0"], "option variance: must be > 0"),
+        (["--noise", "speckle"], "unknown observation model 'speckle'"),
+    ],
+)
+def test_evaluate_denoise_bad_noise(args, message):
+    result = run("evaluate", "denoise", "--backend", "vae", "--num-images", "2", *args)
     assert result.exit_code != 0
     assert result.stderr.startswith("Error: ") and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -39,6 +39,7 @@ def test_hookspecs_are_found():
         "register_backends",
         "register_commands",
         "register_datasets",
+        "register_observations",
         "register_refiners",
     ]
 

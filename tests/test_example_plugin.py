@@ -62,11 +62,13 @@ def test_installed_example_registers_every_hook(example_env):
         "register_backends",
         "register_commands",
         "register_datasets",
+        "register_observations",
         "register_refiners",
     ]
     assert info["registers"] == {
         "backends": ["conv-vae"],
         "datasets": ["shapes"],
+        "observations": ["occlusion"],
         "refiners": ["importance"],
     }
 
@@ -108,6 +110,53 @@ def test_lvm_inpaint_on_the_example_backend(example_env, tmp_path, digits):
     filled = torch.from_numpy(np.array(Image.open(out).convert("L"))).float() / 255
     assert filled.shape == (28, 28)
     assert torch.allclose(filled[:14], digits[0, 0, :14], atol=1 / 255)
+
+
+def test_lvm_denoise_with_the_example_observation_model(example_env, tmp_path, digits):
+    """A third-party observation model, found by its entry point, used by `lvm denoise`."""
+    from PIL import Image
+
+    from lvmtoolkit.metrics.ssim import ssim
+
+    sys.path.insert(0, str(EXAMPLE / "src"))
+    try:
+        from lvm_example_backend.observation import Occlusion
+    finally:
+        sys.path.remove(str(EXAMPLE / "src"))
+    occluded = Occlusion(rate=0.25).corrupt(digits[:3], seed=1).y
+    assert ((occluded > 0) & (occluded < 1)).any()  # grey blocks
+    folder, out = tmp_path / "occluded", tmp_path / "restored"
+    folder.mkdir()
+    for i, image in enumerate(occluded):
+        pixels = np.rint(image[0].numpy() * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    result = lvm(
+        example_env, "denoise", str(folder), "-o", str(out), "--noise",
+        "occlusion:rate=0.25", "--threads", "1", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "assuming noise occlusion:level=0.5,rate=0.25,size=8" in result.stderr
+    assert json.loads(result.stdout)["noise"] == "occlusion:level=0.5,rate=0.25,size=8"
+    for i in range(3):
+        restored = np.asarray(Image.open(out / f"{i}.png"), dtype=np.float32) / 255
+        restored = torch.from_numpy(restored)[None, None]
+        before = ssim(occluded[i : i + 1], digits[i : i + 1]).item()
+        assert ssim(restored, digits[i : i + 1]).item() > before
+    # The same model with Gaussian pixels has no exact p(y | z): one line, nothing written.
+    from lvm_linear_gaussian.model import LinearGaussian
+
+    from lvmtoolkit.core.checkpoint import save_checkpoint
+
+    ppca = save_checkpoint(LinearGaussian.fit_ppca(digits, latent_dim=2), tmp_path / "ppca")
+    refused = lvm(
+        example_env, "denoise", str(folder / "0.png"), "-o", str(tmp_path / "x.png"),
+        "--noise", "occlusion", "--backend", "linear-gaussian", "--checkpoint", str(ppca),
+    )  # fmt: skip
+    assert refused.returncode != 0 and not (tmp_path / "x.png").exists()
+    assert refused.stderr.strip().splitlines() == [
+        "Error: observation model 'occlusion' with Gaussian pixels (the linear-gaussian "
+        "model's likelihood) has no exact p(y | z); occlusion fits Bernoulli pixels"
+    ]
 
 
 def test_example_plugin_own_tests_pass(example_env):

@@ -1,4 +1,4 @@
-"""The Gibbs inpainting/denoising loop and the corruptions used to evaluate it."""
+"""The paper's pseudo-Gibbs chain (inpainting and denoising) and the evaluation corruptions."""
 
 import itertools
 from typing import ClassVar
@@ -17,6 +17,7 @@ from lvmtoolkit.tasks import (
     gibbs_refiner,
     inpaint,
     make_mask,
+    pseudo_gibbs,
 )
 from lvmtoolkit.tasks.gibbs import iteration_seed
 
@@ -51,7 +52,7 @@ def recording_refiner():
 def test_inpaint_never_changes_observed_pixels(tiny_vae, digits):
     observed = make_mask("random", digits.shape, seed=3)
     for output in ("mean", "sample"):
-        result = inpaint(
+        result = pseudo_gibbs(
             tiny_vae,
             digits,
             observed,
@@ -73,17 +74,17 @@ def test_unobserved_pixels_start_from_fill_not_from_x(bundled_vae, digits):
     observed = make_mask("centre", digits.shape)
     noise = torch.rand(digits.shape, generator=torch.Generator().manual_seed(0))
     leaked = torch.where(observed, digits, noise)
-    a = inpaint(bundled_vae, digits, observed, iterations=3)
-    b = inpaint(bundled_vae, leaked, observed, iterations=3)
+    a = pseudo_gibbs(bundled_vae, digits, observed, iterations=3)
+    b = pseudo_gibbs(bundled_vae, leaked, observed, iterations=3)
     assert torch.equal(a.images, b.images)
     unknown = torch.where(observed, digits, torch.full_like(digits, float("nan")))
-    assert torch.equal(inpaint(bundled_vae, unknown, observed, iterations=3).images, a.images)
+    assert torch.equal(pseudo_gibbs(bundled_vae, unknown, observed, iterations=3).images, a.images)
 
 
 def test_sample_output_is_binary_for_a_bernoulli_model_and_mean_is_not(bundled_vae, digits):
     observed = make_mask("half", digits.shape)
-    sample = inpaint(bundled_vae, digits, observed, iterations=2, output="sample")
-    mean = inpaint(bundled_vae, digits, observed, iterations=2, output="mean")
+    sample = pseudo_gibbs(bundled_vae, digits, observed, iterations=2, output="sample")
+    mean = pseudo_gibbs(bundled_vae, digits, observed, iterations=2, output="mean")
     hidden = ~observed
     assert set(sample.images[hidden].unique().tolist()) <= {0.0, 1.0}
     assert ((mean.images[hidden] > 0) & (mean.images[hidden] < 1)).any()
@@ -92,9 +93,9 @@ def test_sample_output_is_binary_for_a_bernoulli_model_and_mean_is_not(bundled_v
 def test_same_seed_same_result_other_seed_other_result(tiny_vae, digits):
     observed = make_mask("centre", digits.shape)
     refiner = SVIRefiner(steps=2, select_samples=1)
-    a = inpaint(tiny_vae, digits, observed, refiner, iterations=3, seed=1)
-    b = inpaint(tiny_vae, digits, observed, refiner, iterations=3, seed=1)
-    c = inpaint(tiny_vae, digits, observed, refiner, iterations=3, seed=2)
+    a = pseudo_gibbs(tiny_vae, digits, observed, refiner, iterations=3, seed=1)
+    b = pseudo_gibbs(tiny_vae, digits, observed, refiner, iterations=3, seed=1)
+    c = pseudo_gibbs(tiny_vae, digits, observed, refiner, iterations=3, seed=2)
     assert torch.equal(a.images, b.images)
     assert not torch.equal(a.images, c.images)
 
@@ -105,7 +106,7 @@ def test_refiner_is_warm_started_with_fresh_noise_each_iteration(
     """A registered refiner plugs in by name; each iteration starts from the last posterior."""
     refiner = gibbs_refiner("recording-svi", steps=1)
     observed = make_mask("half", digits.shape)
-    inpaint(tiny_vae, digits, observed, refiner, iterations=4, seed=5)
+    pseudo_gibbs(tiny_vae, digits, observed, refiner, iterations=4, seed=5)
     calls = RecordingRefiner.calls
     assert len(calls) == 4
     assert calls[0][0] is None  # the first iteration starts from the encoder
@@ -121,7 +122,7 @@ def test_without_warm_start_every_iteration_starts_from_the_encoder(
     recording_refiner, tiny_vae, digits
 ):
     refiner = gibbs_refiner("recording-svi", steps=1)
-    denoise(tiny_vae, digits, refiner, iterations=3, warm_start=False)
+    pseudo_gibbs(tiny_vae, digits, None, refiner, iterations=3, warm_start=False)
     assert [init for init, _, _ in RecordingRefiner.calls] == [None, None, None]
 
 
@@ -137,8 +138,8 @@ def test_gibbs_refiner_applies_per_iteration_defaults_only_where_declared():
 
 def test_denoise_starts_from_the_input(bundled_vae, digits):
     """One iteration from clean digits reconstructs them; from blank images it does not."""
-    clean = denoise(bundled_vae, digits, iterations=1)
-    blank = denoise(bundled_vae, torch.zeros_like(digits), iterations=1)
+    clean = pseudo_gibbs(bundled_vae, digits, None, iterations=1)
+    blank = pseudo_gibbs(bundled_vae, torch.zeros_like(digits), None, iterations=1)
     assert ssim(clean.images, digits).mean() > 0.5
     assert ssim(clean.images, digits).mean() > ssim(blank.images, digits).mean() + 0.2
     assert not clean.observed.any()
@@ -147,8 +148,8 @@ def test_denoise_starts_from_the_input(bundled_vae, digits):
 def test_svi_inpainting_follows_the_observed_pixels_better(bundled_vae, digits):
     """With the per-iteration defaults, svi fills the centre square better than amortized."""
     observed = make_mask("centre", digits.shape)
-    amortized = inpaint(bundled_vae, digits, observed, iterations=20)
-    svi = inpaint(bundled_vae, digits, observed, gibbs_refiner("svi"), iterations=20)
+    amortized = pseudo_gibbs(bundled_vae, digits, observed, iterations=20)
+    svi = pseudo_gibbs(bundled_vae, digits, observed, gibbs_refiner("svi"), iterations=20)
     assert ssim(svi.images, digits).mean() > ssim(amortized.images, digits).mean()
     assert len(svi.info["refiner_nelbo"]) == 20
 
@@ -163,17 +164,17 @@ def test_svi_inpainting_follows_the_observed_pixels_better(bundled_vae, digits):
 )
 def test_bad_settings(tiny_vae, digits, kwargs, error, message):
     with pytest.raises(error, match=message):
-        inpaint(tiny_vae, digits, make_mask("half", digits.shape), **kwargs)
+        pseudo_gibbs(tiny_vae, digits, make_mask("half", digits.shape), **kwargs)
 
 
 def test_mask_of_the_wrong_shape_is_an_error(tiny_vae, digits):
     with pytest.raises(LvmError, match="does not match images"):
-        inpaint(tiny_vae, digits, torch.ones(3, 1, 28, 28, dtype=torch.bool))
+        pseudo_gibbs(tiny_vae, digits, torch.ones(3, 1, 28, 28, dtype=torch.bool))
 
 
 def test_one_mask_for_all_images_broadcasts(tiny_vae, digits):
     observed = make_mask("centre", (1, 1, 28, 28))[0]
-    result = inpaint(tiny_vae, digits, observed, iterations=1)
+    result = pseudo_gibbs(tiny_vae, digits, observed, iterations=1)
     assert result.observed.shape == digits.shape
     assert torch.equal(result.images[:, observed], digits[:, observed])
 
@@ -224,6 +225,30 @@ def test_every_installed_backend_plugs_in(backend, mnist5k_test_images):
     model = load_checkpoint(plugins.get_backend(backend).default_checkpoint())
     x = mnist5k_test_images[:4]
     observed = make_mask("centre", x.shape)
-    result = inpaint(model, x, observed, gibbs_refiner("svi", steps=1), iterations=2)
+    result = pseudo_gibbs(model, x, observed, gibbs_refiner("svi", steps=1), iterations=2)
     assert result.images.shape == x.shape and torch.isfinite(result.images).all()
     assert torch.equal(result.images[observed], x[observed])
+
+
+def test_inpaint_and_denoise_are_deprecated_aliases_of_the_chain(tiny_vae, digits):
+    observed = make_mask("half", digits.shape)
+    with pytest.warns(DeprecationWarning, match="pseudo_gibbs"):
+        old = inpaint(tiny_vae, digits, observed, iterations=2, seed=3)
+    assert torch.equal(
+        old.images, pseudo_gibbs(tiny_vae, digits, observed, iterations=2, seed=3).images
+    )
+    with pytest.warns(DeprecationWarning, match="restore"):
+        old = denoise(tiny_vae, digits, iterations=2, seed=3)
+    assert torch.equal(
+        old.images, pseudo_gibbs(tiny_vae, digits, None, iterations=2, seed=3).images
+    )
+
+
+def test_the_chain_returns_its_last_posterior_state_and_spread(tiny_vae, digits):
+    observed = make_mask("centre", digits.shape)
+    result = pseudo_gibbs(tiny_vae, digits, observed, iterations=4, output="sample")
+    assert result.posterior is not None and result.chain_images is not None
+    assert set(result.chain_images[~observed].unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(result.chain_images[observed], digits[observed])
+    assert (result.std[observed] == 0).all() and (result.std[~observed] > 0).any()
+    assert result.std.max() <= 0.5  # the spread of values in {0, 1}

@@ -1,5 +1,8 @@
-"""``lvm evaluate inpaint|denoise``: SSIM and FID over a test set (the paper's Table 3);
-``lvm evaluate train-classifier``: the feature extractor of the offline FID."""
+"""``lvm evaluate inpaint|denoise``: the paper's Table 3 (SSIM, conditional NLL, FID) over
+a test set; ``lvm evaluate train-classifier``: the feature extractor of the offline FID.
+
+A thin shell: the evaluation is `lvmtoolkit.tasks.evaluation.evaluate_restoration`; this
+module parses options and renders its report."""
 
 from __future__ import annotations
 
@@ -9,8 +12,8 @@ from typing import Any
 
 import click
 
-from lvmtoolkit.cli.common import data_options, parse_key_values, runtime_options, stderr
-from lvmtoolkit.tasks.kinds import MASK_KINDS, NOISE_KINDS
+from lvmtoolkit.cli.common import SEED, data_options, parse_key_values, runtime_options, stderr
+from lvmtoolkit.tasks.kinds import MASK_KINDS, METHODS, NOISE_KINDS
 
 
 def register(cli: click.Group) -> None:
@@ -19,7 +22,7 @@ def register(cli: click.Group) -> None:
 
 @click.group()
 def evaluate() -> None:
-    """Score inpainting and denoising with SSIM and FID over a test set."""
+    """Score inpainting and denoising (SSIM, conditional NLL, FID) over a test set."""
 
 
 def _names(value: str | None) -> list[str] | None:
@@ -31,21 +34,47 @@ def _names(value: str | None) -> list[str] | None:
     return list(dict.fromkeys(names))
 
 
+def _specs(value: str) -> list[str]:
+    """Comma-separated noise models; a piece with '=' and no ':' is an option of the one before
+    (``gaussian:variance=0.5,clip=false,salt-pepper`` is two models)."""
+    specs: list[str] = []
+    for piece in (p.strip() for p in value.split(",")):
+        if not piece:
+            continue
+        if "=" in piece and ":" not in piece and specs:
+            specs[-1] += f",{piece}"
+        else:
+            specs.append(piece)
+    if not specs:
+        raise click.BadParameter("give at least one noise model", param_hint="--noise")
+    return list(dict.fromkeys(specs))
+
+
 def _task_command(task: str, kinds: dict[str, str], kinds_flag: str) -> click.Command:
     kind_lines = "\n".join(f"  {name}: {text}" for name, text in kinds.items())
-    what = "masks" if task == "inpaint" else "noise"
+    method_lines = "\n".join(f"  {name}: {text}" for name, text in METHODS.items())
+    what = "masks" if task == "inpaint" else "noise models"
     noun = "inpainting" if task == "inpaint" else "denoising"
+    kinds_help = (
+        "Comma-separated mask kinds."
+        if task == "inpaint"
+        else "Comma-separated noise models NAME[:KEY=VALUE,...], e.g. "
+        "gaussian:variance=0.5,salt-pepper:rate=0.2 (see `lvm denoise --help`)."
+    )
+    default_kinds = ",".join(kinds) if task == "inpaint" else "gaussian,salt-pepper"
 
     @click.command(
         name=task,
-        help=f"""SSIM and FID of Gibbs {noun} for every backend x refiner.
+        help=f"""SSIM, conditional NLL and FID of {noun} for backends x methods x refiners.
 
 Takes the first --num-images images of the split (binarised with the fixed evaluation
 seed for models of binary data), corrupts them ({what} seeded with 2024, the same for
-every model and refiner), restores them with the Gibbs chain (--iterations, seed --seed)
-and reports, per corruption kind, the mean SSIM against the clean images and the FID of
-the restored set against the clean set, in the form of Table 3 of "Improving Inference in
-Latent Variable Models". The corrupted inputs are scored too.
+every row), restores them with every --method and --refiner, and reports, per kind, the
+mean SSIM (± its standard error) against the clean images, the conditional negative
+log-likelihood -log p(x | y) in nats per image (inpainting: -log p(x_miss | x_obs);
+importance-weighted with each method's posterior, --nll-samples draws) and the FID of
+the restored set against the clean set: the paper's Table 3, completed. The corrupted
+inputs are scored too. Library: lvmtoolkit.tasks.evaluation.evaluate_restoration.
 
 SSIM: pytorch_msssim.ssim, single scale, data_range 1. FID: pytorch-fid's Fréchet
 distance on --fid-features: 'mnist-classifier' (offline, shipped; reported as "FID
@@ -57,10 +86,14 @@ Kinds ({kinds_flag}):
 {kind_lines}
 
 \b
+Methods (--method):
+{method_lines}
+
+\b
 Examples:
-  lvm evaluate {task} --num-images 100 --threads 1
-  lvm evaluate {task} --backend vae --refiner amortized,svi --grid {task}.png
-  lvm evaluate {task} --fid-features inception --fid-weights pt_inception.pth --json
+  lvm evaluate {task} --backend vae --num-images 100 --threads 1
+  lvm evaluate {task} --method conditional,pseudo-gibbs --refiner amortized,svi --grid {task}.png
+  lvm evaluate {task} --dataset mnist --data-dir DIR --num-images 1000 --json
 """,
     )
     @click.option(
@@ -78,10 +111,18 @@ Examples:
         help="Checkpoint of a backend, repeatable. Default: the backend's bundled one.",
     )
     @click.option(
+        "--method",
+        "methods",
+        default="conditional",
+        show_default=True,
+        help=f"Comma-separated methods: {', '.join(METHODS)}.",
+    )
+    @click.option(
         "--refiner",
         "refiners",
-        default=None,
-        help="Comma-separated refiners. Default: every installed refiner.",
+        default="amortized,svi",
+        show_default=True,
+        help="Comma-separated refiners of q(z | y) (for pseudo-gibbs: run in every iteration).",
     )
     @click.option(
         "-o",
@@ -90,14 +131,15 @@ Examples:
         multiple=True,
         metavar="[REFINER.]KEY=VALUE",
         help="Refiner option, repeatable: svi.lr=0.03 for one refiner, steps=20 for every "
-        "refiner that has it. Per-iteration defaults: steps=10, select_samples=2.",
+        "refiner that has it. Defaults: steps=300 (pseudo-gibbs: steps=10 and "
+        "select_samples=2 per iteration).",
     )
     @click.option(
         f"--{kinds_flag}",
         "kinds",
-        default=",".join(kinds),
+        default=default_kinds,
         show_default=True,
-        help=f"Comma-separated {what} kinds.",
+        help=kinds_help,
     )
     @data_options
     @click.option("--split", default="test", show_default=True, help="Dataset split.")
@@ -109,13 +151,33 @@ Examples:
         help="Images: the first N of the split.",
     )
     @click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=1000,
+        show_default=True,
+        help="Images restored together (memory; same results).",
+    )
+    @click.option(
         "--iterations",
         type=click.IntRange(min=1),
-        default=100,
-        show_default=True,
-        help="Gibbs iterations.",
+        default=None,
+        help="Chain length of mwg (default 300) and pseudo-gibbs (default 100).",
     )
-    @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the chains.")
+    @click.option(
+        "--samples",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Draws of z for the mean (conditional, default 32); importance samples "
+        "(importance, default 256).",
+    )
+    @click.option(
+        "--nll-samples",
+        type=click.IntRange(min=1),
+        default=256,
+        show_default=True,
+        help="Importance samples of the conditional NLL estimate.",
+    )
+    @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the noise.")
     @click.option(
         "--fid-features",
         type=click.Choice(["mnist-classifier", "inception", "none"]),
@@ -139,18 +201,11 @@ Examples:
         "FID; fewer images than features give a singular covariance).",
     )
     @click.option(
-        "--record-every",
-        type=click.IntRange(min=0),
-        default=0,
-        show_default=True,
-        help="Also report SSIM every N iterations (0: only the last).",
-    )
-    @click.option(
         "--grid",
         type=click.Path(path_type=Path),
         default=None,
         help="Write a PNG grid like the paper's Figures 6-7: for each kind, the first "
-        "--grid-rows images: original, input, and every backend x refiner's result.",
+        "--grid-rows images: original, input, and every backend x refiner x method's result.",
     )
     @click.option(
         "--grid-rows",
@@ -162,7 +217,7 @@ Examples:
     @runtime_options
     @click.option("--json", "as_json", is_flag=True, help="Write the results as JSON to stdout.")
     @click.option(
-        "--markdown", is_flag=True, help="Write the table as Markdown to stdout (for docs)."
+        "--markdown", is_flag=True, help="Write the tables as Markdown to stdout (for docs)."
     )
     def command(**kwargs: Any) -> None:
         _evaluate(task, **kwargs)
@@ -203,19 +258,22 @@ def _evaluate(
     *,
     backends: str | None,
     checkpoints: tuple[str, ...],
-    refiners: str | None,
+    methods: str,
+    refiners: str,
     options: tuple[str, ...],
     kinds: str,
     dataset: str,
     data_dir: str | None,
     split: str,
     num_images: int,
-    iterations: int,
+    batch_size: int,
+    iterations: int | None,
+    samples: int | None,
+    nll_samples: int,
     seed: int,
     fid_features: str,
     fid_weights: Path | None,
     fid_dims: str | None,
-    record_every: int,
     grid: Path | None,
     grid_rows: int,
     device: str,
@@ -230,19 +288,37 @@ def _evaluate(
     from lvmtoolkit.images import check_writable, save_grid
     from lvmtoolkit.metrics.fid import feature_extractor
     from lvmtoolkit.plugins import get_dataset
-    from lvmtoolkit.tasks.evaluation import evaluate_task, gibbs_refiners, grid_columns, kinds_of
+    from lvmtoolkit.tasks.evaluation import (
+        evaluate_restoration,
+        gibbs_refiners,
+        grid_columns,
+        observation_of,
+        restoration_refiners,
+    )
 
     if as_json and markdown:
         raise OptionError("choose one of --json and --markdown")
     set_threads(threads)
     torch_device = resolve_device(device)
-    kind_list = _names(kinds) or []
-    unknown = [k for k in kind_list if k not in kinds_of(task)]
+    kind_list = (_names(kinds) or []) if task == "inpaint" else _specs(kinds)
+    if task == "inpaint":
+        unknown = [k for k in kind_list if k not in MASK_KINDS]
+        if unknown:
+            raise OptionError(f"unknown kind {', '.join(unknown)}; kinds: {', '.join(MASK_KINDS)}")
+    for kind in kind_list:
+        observation_of(task, kind)  # type: ignore[arg-type]  # unknown models fail here
+    method_list = _names(methods) or []
+    unknown = [m for m in method_list if m not in METHODS]
     if unknown:
-        raise OptionError(f"unknown kind {', '.join(unknown)}; kinds: {', '.join(kinds_of(task))}")
+        raise OptionError(f"unknown method {', '.join(unknown)}; methods: {', '.join(METHODS)}")
     if grid is not None:
         check_writable(grid)
-    refiner_objs = gibbs_refiners(_names(refiners), parse_key_values(options, "--option"))
+    refiner_names = _names(refiners)
+    refiner_options = parse_key_values(options, "--option")
+    refiner_objs = restoration_refiners(refiner_names, refiner_options)
+    chain_objs = (
+        gibbs_refiners(refiner_names, refiner_options) if "pseudo-gibbs" in method_list else None
+    )
     extractor = None
     if fid_features != "none":
         dims = int(fid_dims) if fid_dims is not None else None
@@ -254,17 +330,24 @@ def _evaluate(
     def log(line: str) -> None:
         stderr.print(f"[dim]{escape(line)}[/dim]")
 
-    with stderr.status(f"evaluate {task}: {len(models)} backend(s) x {len(refiner_objs)} refiners"):
-        outcome = evaluate_task(
+    with stderr.status(
+        f"evaluate {task}: {len(models)} backend(s) x {len(method_list)} method(s) x "
+        f"{len(refiner_objs)} refiner(s)"
+    ):
+        outcome = evaluate_restoration(
             task,  # type: ignore[arg-type]
             models,
             refiner_objs,
             images.to(torch_device),
             kind_list,
+            methods=method_list,
+            chain_refiners=chain_objs,
+            num_samples=samples,
             iterations=iterations,
+            nll_samples=nll_samples,
             seed=seed,
             extractor=extractor,
-            record_every=record_every,
+            batch_size=batch_size,
             grid_rows=grid_rows if grid is not None else 0,
             images_label=f"first {images.shape[0]} of the split",
             log=log,
@@ -291,51 +374,76 @@ def _evaluate(
     elif markdown:
         click.echo(_markdown(report))
     else:
-        _print_table(report)
+        _print_tables(report)
 
 
-def _table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    kinds = list(report["kinds"])
-    fid_label = report["protocol"]["fid"]
-    header = ["backend", "refiner"]
-    for kind in kinds:
-        if fid_label:
-            header.append(f"{kind}: FID ↓")
-        header.append(f"{kind}: SSIM ↑")
+def _table_rows(report: dict[str, Any], kind: str) -> tuple[list[str], list[list[str]]]:
+    """One table per kind: a row per backend x method x refiner, and the corrupted input."""
+    fid = report["protocol"]["fid"]
+    header = ["backend", "method", "refiner", "SSIM ↑", "NLL ↓"] + (["FID ↓"] if fid else [])
+    header.append("s / image")
     rows = []
     for backend, by_kind in report["results"].items():
-        methods = list(by_kind[kinds[0]]) if kinds else []
-        for method in methods:
-            cells = [backend, "(corrupted input)" if method == "corrupted" else method]
-            for kind in kinds:
-                row = by_kind[kind].get(method, {})
+        entry = by_kind[kind]
+        corrupted = entry["corrupted"]
+        cells = [backend, "(corrupted input)", "", _ssim(corrupted), ""]
+        rows.append(cells + ([f"{corrupted['fid']:.2f}"] if fid else []) + [""])
+        for method, by_refiner in entry["methods"].items():
+            for refiner, row in by_refiner.items():
                 if "error" in row:
-                    cells += ["failed"] * (2 if fid_label else 1)
+                    rows.append([backend, method, refiner] + ["failed"] * (len(header) - 3))
                     continue
-                if fid_label:
+                cells = [backend, method, refiner, _ssim(row), _nll(row)]
+                if fid:
                     cells.append(f"{row['fid']:.2f}")
-                cells.append(f"{row['ssim']:.4f} ± {row['ssim_sem']:.4f}")
-            rows.append(cells)
+                cells.append(f"{row['seconds_per_image']:.3f}")
+                rows.append(cells)
     return header, rows
 
 
-def _print_table(report: dict[str, Any]) -> None:
+def _ssim(row: dict[str, Any]) -> str:
+    return f"{row['ssim']:.4f} ± {row['ssim_sem']:.4f}"
+
+
+def _nll(row: dict[str, Any]) -> str:
+    if "nll_sem" in row:
+        return f"{row['nll']:.2f} ± {row['nll_sem']:.2f}"
+    return f"{row['nll']:.2f}"
+
+
+def _print_tables(report: dict[str, Any]) -> None:
+    from rich import box
     from rich.markup import escape
     from rich.table import Table
 
-    header, rows = _table_rows(report)
-    fid = report["protocol"]["fid"]
-    table = Table(title=f"{report['task']}: SSIM" + (f" and {fid}" if fid else ""))
-    for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i < 2 else "right", no_wrap=i >= 2)
-    for row in rows:
-        table.add_row(*row)
-    stderr.print(table)
+    for kind, description in report["kinds"].items():
+        header, rows = _table_rows(report, kind)
+        table = Table(
+            title=f"{report['task']} {kind}",
+            caption=description,
+            box=box.SIMPLE,
+            pad_edge=False,
+            collapse_padding=True,
+        )
+        # Compact cells, so that the table fits an 80-column terminal.
+        cells = [
+            ["input" if cell == "(corrupted input)" else cell.replace(" ± ", "±") for cell in row]
+            for row in rows
+        ]
+        header = [name.replace("s / image", "s/img") for name in header]
+        for i, name in enumerate(header):
+            widest = max([len(name)] + [len(row[i]) for row in cells])
+            table.add_column(
+                name, justify="left" if i < 3 else "right", no_wrap=True, min_width=widest
+            )
+        for row in cells:
+            table.add_row(*row)
+        stderr.print(table)
     protocol = report["protocol"]
     stderr.print(
-        f"[dim]{protocol['dataset']} {protocol['split']}, {protocol['images']}; "
-        f"{protocol['iterations']} Gibbs iterations; {protocol['ssim']}; FID reference: "
-        f"{protocol['fid_reference']}."
+        f"[dim]{escape(protocol['dataset'])} {escape(protocol['split'])}, "
+        f"{escape(protocol['images'])}; SSIM: {protocol['ssim']}; NLL: {escape(protocol['nll'])}; "
+        f"FID reference: {protocol['fid_reference']}."
         + (
             f" Skipped (no checkpoint): {', '.join(report['skipped_backends'])}."
             if report["skipped_backends"]
@@ -344,27 +452,33 @@ def _print_table(report: dict[str, Any]) -> None:
         + "[/dim]"
     )
     for backend, by_kind in report["results"].items():
-        for kind, rows_by_method in by_kind.items():
-            for method, row in rows_by_method.items():
-                if "error" in row:
-                    message = escape(f"{backend} {method} {kind}: {row['error']}")
-                    stderr.print(f"[red]{message}[/red]")
+        for kind, entry in by_kind.items():
+            for method, by_refiner in entry["methods"].items():
+                for refiner, row in by_refiner.items():
+                    if "error" in row:
+                        message = escape(f"{backend} {kind} {method} {refiner}: {row['error']}")
+                        stderr.print(f"[red]{message}[/red]")
 
 
 def _markdown(report: dict[str, Any]) -> str:
-    header, rows = _table_rows(report)
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|",
-    ]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+    blocks = []
+    for kind, description in report["kinds"].items():
+        header, rows = _table_rows(report, kind)
+        lines = [
+            f"**{kind}**: {description}",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|",
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 @evaluate.command(name="train-classifier")
 @data_options
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True, help="Passes.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of everything.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of everything.")
 @click.option(
     "-o",
     "--output",

@@ -1,8 +1,10 @@
-"""Corruptions used to evaluate inpainting (masks) and denoising (noise), all seeded."""
+"""Seeded corruptions for evaluations: masks of missing pixels, and noise by kind name.
+
+`make_mask` draws the masks of the ``missing`` observation model; `add_noise` is the
+kind-name shortcut to the ``gaussian`` and ``salt-pepper`` observation models' `corrupt`.
+"""
 
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -17,7 +19,7 @@ def make_mask(
     seed: int = 0,
     missing_fraction: float = 0.5,
 ) -> torch.Tensor:
-    """A boolean observed-pixel mask (True = known) of one of :data:`MASK_KINDS`.
+    """A boolean observed-pixel mask (True = known) of one of `MASK_KINDS`.
 
     Args:
         kind: ``"centre"``, ``"half"`` or ``"random"``.
@@ -55,7 +57,7 @@ def add_noise(
     variance: float = 0.5,
     amount: float = 0.2,
 ) -> torch.Tensor:
-    """Corrupt images in [0, 1] with one of :data:`NOISE_KINDS`; the result stays in [0, 1].
+    """Corrupt images in [0, 1] with one of `NOISE_KINDS`; the result stays in [0, 1].
 
     Args:
         kind: ``"gaussian"`` or ``"salt-pepper"``.
@@ -67,20 +69,16 @@ def add_noise(
     Returns:
         The noisy images, same shape and dtype as ``x``.
     """
-    generator = torch.Generator().manual_seed(seed)
-    clean = x.detach().cpu().float()
+    from lvmtoolkit.tasks.observations import GaussianNoise, SaltPepper
+
     if kind == "gaussian":
         if not variance >= 0:
             raise OptionError(f"variance must be >= 0, got {variance}")
-        noise = torch.randn(clean.shape, generator=generator) * math.sqrt(variance)
-        noisy = (clean + noise).clamp(0.0, 1.0)
-    elif kind == "salt-pepper":
+        if variance == 0:
+            return x.clone()
+        return GaussianNoise(variance=variance).corrupt(x, seed=seed).y
+    if kind == "salt-pepper":
         if not 0.0 <= amount <= 1.0:
             raise OptionError(f"amount must be in [0, 1], got {amount}")
-        pixel_shape = (clean.shape[0], 1, *clean.shape[2:])
-        hit = torch.rand(pixel_shape, generator=generator) < amount
-        salt = torch.rand(pixel_shape, generator=generator) < 0.5
-        noisy = torch.where(hit, salt.float().expand_as(clean), clean)
-    else:
-        raise OptionError(f"unknown noise kind {kind!r}; kinds: {', '.join(NOISE_KINDS)}")
-    return noisy.to(device=x.device, dtype=x.dtype)
+        return SaltPepper(rate=amount).corrupt(x, seed=seed).y
+    raise OptionError(f"unknown noise kind {kind!r}; kinds: {', '.join(NOISE_KINDS)}")

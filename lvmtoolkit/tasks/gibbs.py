@@ -1,4 +1,4 @@
-"""Gibbs-style inpainting and denoising with any Model and any Refiner.
+"""The paper's pseudo-Gibbs chain for inpainting and denoising, with any Model and Refiner.
 
 One iteration of the chain, for a batch of images x'_t and a mask m (1 = observed):
 
@@ -9,11 +9,18 @@ One iteration of the chain, for a batch of images x'_t and a mask m (1 = observe
 
 Observed pixels are copied, never recomputed, so they keep their exact values. Denoising is
 the same chain with no observed pixels: every pixel is redrawn at every iteration.
+
+This is the baseline of "Improving Inference in Latent Variable Models" (after Rezende et
+al. 2014): the refiner sees the whole current image, imputed pixels included, and the
+chain has no model of the noise, so it is not a sampler of p(x | y) (hence
+"pseudo"-Gibbs). `lvmtoolkit.tasks.restoration.restore` conditions on what was observed
+instead; it runs this chain as ``method="pseudo-gibbs"``.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,7 +39,7 @@ from lvmtoolkit.errors import LvmError, OptionError
 Output = Literal["mean", "sample"]
 
 GIBBS_REFINER_DEFAULTS: dict[str, Any] = {"steps": 10, "select_samples": 2}
-"""Per-iteration defaults for refiners that declare these options (see :func:`gibbs_refiner`).
+"""Per-iteration defaults for refiners that declare these options (see `gibbs_refiner`).
 
 A refiner runs once per Gibbs iteration, so its cost is multiplied by the number of
 iterations. 10 steps per iteration give 1,000 steps over the default 100 iterations (the
@@ -46,7 +53,7 @@ docs/results/inpainting.md for how the learning rate matters inside the chain.""
 
 @dataclass
 class GibbsResult:
-    """What :func:`inpaint` and :func:`denoise` return.
+    """What `inpaint` and `denoise` return.
 
     Attributes:
         images: ``(N, *data_shape)``: the final images; observed pixels are the input's.
@@ -59,6 +66,12 @@ class GibbsResult:
         seconds: Wall-clock time of the chain.
         info: Extras: ``"refiner_nelbo"``, the mean over images of the refiner's last
             trace entry per iteration (empty for refiners that take no steps).
+        posterior: The last iteration's posterior q(z | x'_T) (for the final images
+            ``chain_images``).
+        chain_images: x'_T, the chain's state at the end (samples in the unobserved
+            pixels), the input of ``posterior``.
+        std: Per-pixel standard deviation of the chain's states over its second half (0 on
+            observed pixels): the chain's spread, not a posterior standard deviation.
     """
 
     images: torch.Tensor
@@ -69,13 +82,16 @@ class GibbsResult:
     refiner: str
     seconds: float
     info: dict[str, Any] = field(default_factory=dict)
+    posterior: Posterior | None = None
+    chain_images: torch.Tensor | None = None
+    std: torch.Tensor | None = None
 
 
 def gibbs_refiner(name: str = "amortized", **options: Any) -> Refiner:
     """A registered refiner configured for use inside the Gibbs loop.
 
     Options the refiner declares and the caller does not give take the values of
-    :data:`GIBBS_REFINER_DEFAULTS` (e.g. ``svi`` gets 10 steps per iteration).
+    `GIBBS_REFINER_DEFAULTS` (e.g. ``svi`` gets 10 steps per iteration).
 
     Args:
         name: Registered refiner name (``lvm refiners list``).
@@ -93,10 +109,10 @@ def gibbs_refiner(name: str = "amortized", **options: Any) -> Refiner:
 
 
 @soft_targets
-def inpaint(
+def pseudo_gibbs(
     model: Model,
     x: torch.Tensor,
-    observed: torch.Tensor,
+    observed: torch.Tensor | None = None,
     refiner: Refiner | None = None,
     *,
     iterations: int = 100,
@@ -106,19 +122,21 @@ def inpaint(
     fill: float = 0.0,
     warm_start: bool = True,
 ) -> GibbsResult:
-    """Fill the unobserved pixels of ``x`` by Gibbs-style sampling through the model.
+    """Run the paper's pseudo-Gibbs chain: inpainting with a mask, denoising without one.
 
     As in the paper, the refiner fits q(z | x'_t) to the whole current image x'_t (its
-    unobserved pixels hold the previous iteration's draw), with no mask.
+    unobserved pixels hold the previous iteration's draw), with no mask and no noise model.
+    With ``observed`` None no pixel is kept: every pixel is redrawn at every iteration, so
+    the images move towards what the model finds likely (denoising).
 
     Args:
         model: The generative model (its parameters are not changed).
         x: ``(N, *model.data_shape)`` images with values in the model's data range.
         observed: Boolean tensor broadcastable to ``x``; True marks a known pixel, which is
             never changed. Values of ``x`` at unobserved pixels are ignored (they may be
-            NaN).
+            NaN). None: no known pixel (denoising), the chain starts from ``x``.
         refiner: A configured refiner, run once per iteration (``amortized`` by default;
-            see :func:`gibbs_refiner` for per-iteration defaults).
+            see `gibbs_refiner` for per-iteration defaults).
         iterations: Number of Gibbs iterations (the paper uses 100).
         seed: Seed of the chain's sampling noise; with the refiner's own ``seed`` option (if
             any) it also fixes the refiner's noise, which differs from one iteration to the
@@ -143,6 +161,12 @@ def inpaint(
         in Deep Generative Models", ICML 2014 (appendix F); Ham et al., "Variational Image
         Inpainting", NeurIPS Bayesian Deep Learning Workshop 2016.
     """
+    if observed is None:
+        check_batch(model, x)
+        return _gibbs(
+            model, x, torch.zeros_like(x, dtype=torch.bool), refiner, iterations, seed, output,
+            record_every, warm_start,
+        )  # fmt: skip
     try:
         mask = torch.as_tensor(observed, device=x.device).bool().expand_as(x)
     except RuntimeError:
@@ -154,34 +178,71 @@ def inpaint(
     return _gibbs(model, start, mask, refiner, iterations, seed, output, record_every, warm_start)
 
 
-@soft_targets
+_DEPRECATED = (
+    "lvmtoolkit.{name} runs the paper's pseudo-Gibbs chain and is deprecated: call "
+    "lvmtoolkit.pseudo_gibbs for that chain, or lvmtoolkit.restore (conditional inference "
+    "on what was observed, the better restoration)"
+)
+
+
+def inpaint(
+    model: Model,
+    x: torch.Tensor,
+    observed: torch.Tensor,
+    refiner: Refiner | None = None,
+    **kwargs: Any,
+) -> GibbsResult:
+    """Deprecated: `pseudo_gibbs` with a mask (same arguments and result).
+
+    Use `pseudo_gibbs` for the paper's chain, or `lvmtoolkit.restore` to restore by
+    conditional inference.
+    """
+    warnings.warn(_DEPRECATED.format(name="inpaint"), DeprecationWarning, stacklevel=2)
+    return pseudo_gibbs(model, x, observed, refiner, **kwargs)
+
+
 def denoise(
     model: Model,
     x: torch.Tensor,
     refiner: Refiner | None = None,
-    *,
-    iterations: int = 100,
-    seed: int = 0,
-    output: Output = "mean",
-    record_every: int = 0,
-    warm_start: bool = True,
+    **kwargs: Any,
 ) -> GibbsResult:
-    """Denoise ``x`` by the Gibbs chain with no observed pixels, starting from ``x``.
+    """Deprecated: `pseudo_gibbs` without a mask (same arguments and result).
 
-    Every iteration refines q(z | x'_t), draws z_t and sets x'_{t+1} ~ p(x | z_t), so the
-    images move towards what the model finds likely. Arguments are those of
-    :func:`inpaint`.
-
-    Returns:
-        The final images, the recorded trajectory and timing.
-
-    References:
-        Rezende, Mohamed & Wierstra, "Stochastic Backpropagation and Approximate Inference
-        in Deep Generative Models", ICML 2014.
+    Use `pseudo_gibbs` for the paper's chain, or `lvmtoolkit.restore` with a noise model
+    to restore by conditional inference.
     """
-    check_batch(model, x)
-    mask = torch.zeros_like(x, dtype=torch.bool)
-    return _gibbs(model, x, mask, refiner, iterations, seed, output, record_every, warm_start)
+    warnings.warn(_DEPRECATED.format(name="denoise"), DeprecationWarning, stacklevel=2)
+    if "fill" in kwargs:
+        raise OptionError("denoise has no unobserved pixels to fill")
+    return pseudo_gibbs(model, x, None, refiner, **kwargs)
+
+
+class ChainPosterior(Posterior):
+    """The chain's last posterior, evaluated on the chain's last images whatever it is given.
+
+    q(z | x'_T) depends on the images it was refined for (an amortized posterior runs its
+    encoder on them). To use it as a proposal for the observed data y (for the conditional
+    log-likelihood), its guide must still see x'_T: this wrapper passes the chain's images
+    to it, row by row.
+
+    Args:
+        posterior: The chain's last posterior.
+        images: x'_T, the images it belongs to.
+    """
+
+    def __init__(self, posterior: Posterior, images: torch.Tensor):
+        super().__init__()
+        self._inner = [posterior]  # a list keeps the posterior's parameters out of this one
+        self.images = images
+        self.num_datapoints = images.shape[0]
+
+    def guide(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        self.check_batch_size(x.shape[0])
+        self._inner[0].guide(self.images, None)
+
+    def rows(self, index: slice | torch.Tensor) -> Posterior:
+        return ChainPosterior(self._inner[0].rows(index), self.images[index])
 
 
 def iteration_seed(refiner_seed: int, chain_seed: int, iteration: int) -> int:
@@ -248,14 +309,18 @@ def _gibbs(
     recorded_at: list[int] = []
     refiner_nelbo: list[float] = []
     posterior: Posterior | None = None
+    posterior_input = current
     shown = current
+    first_counted = iterations // 2 + 1  # the chain's spread over its second half
+    total = torch.zeros_like(x)
+    total_square = torch.zeros_like(x)
 
     with frozen(model), seeded(seed, x.device), pyro.validation_enabled(False):
         for t in range(1, iterations + 1):
             result = _for_iteration(refiner, seed, t).refine(
                 model, current, init=posterior if warm_start else None
             )
-            posterior = result.posterior
+            posterior, posterior_input = result.posterior, current
             if result.trace.numel():
                 refiner_nelbo.append(float(result.trace[-1].mean()))
             with torch.no_grad():
@@ -263,6 +328,9 @@ def _gibbs(
                 drawn = likelihood.sample().to(x.dtype)
                 # where(), not m*a + (1-m)*b: observed pixels are copied bit for bit
                 current = torch.where(observed, current, drawn)
+                if t >= first_counted:
+                    total += current
+                    total_square += current**2
                 if output == "mean":
                     shown = torch.where(observed, current, _likelihood_mean(likelihood, model))
                 else:
@@ -280,4 +348,15 @@ def _gibbs(
         refiner=refiner.name,
         seconds=time.perf_counter() - started,
         info={"refiner_nelbo": refiner_nelbo},
+        posterior=posterior,
+        chain_images=posterior_input,
+        std=_spread(total, total_square, iterations - first_counted + 1, observed),
     )
+
+
+def _spread(
+    total: torch.Tensor, total_square: torch.Tensor, count: int, observed: torch.Tensor
+) -> torch.Tensor:
+    mean = total / count
+    std = (total_square / count - mean**2).clamp(min=0.0).sqrt()
+    return torch.where(observed, torch.zeros_like(std), std)

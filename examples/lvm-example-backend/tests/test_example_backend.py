@@ -95,3 +95,17 @@ def test_importance_refiner_from_the_command_line(lvm_plugins, lvm_cli, lvm_pyro
     report = json.loads(result.stdout)
     steps = report["results"]["test"]["steps"]
     assert steps["2"]["nelbo"] <= report["results"]["test"]["amortized"] + 0.01
+
+
+def test_register_observations(lvm_tiny_model, lvm_digits):
+    from lvm_example_backend.observation import Occlusion
+
+    assert lvm.get_observation("occlusion") is Occlusion
+    observation = lvm.parse_observation("occlusion:rate=0.3")
+    occluded = observation.corrupt(lvm_digits, seed=0).y
+    assert set(occluded.unique().tolist()) <= {0.0, 0.5, 1.0}
+    # Binary pixels: lvmtoolkit derives p(y | z) and restores from the log_prob alone.
+    restored = lvm.restore(lvm_tiny_model, occluded, observation, refiner="amortized")
+    covered = occluded == 0.5
+    assert torch.equal(restored.mean[~covered], occluded[~covered])  # exact pixels stay
+    assert ((restored.mean[covered] > 0) & (restored.mean[covered] < 1)).all()

@@ -47,6 +47,17 @@ def register_refiners(register: Callable[[type], None]) -> None:
 # --8<-- [end:register_refiners]
 
 
+# --8<-- [start:register_observations]
+@hookimpl
+def register_observations(register: Callable[[type], None]) -> None:
+    from lvm_example_backend.observation import Occlusion
+
+    register(Occlusion)
+
+
+# --8<-- [end:register_observations]
+
+
 # --8<-- [start:register_commands]
 @hookimpl
 def register_commands(cli: click.Group) -> None:
