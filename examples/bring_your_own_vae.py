@@ -3,7 +3,7 @@
 The first half is ordinary PyTorch code that knows nothing about lvmtoolkit: a small
 convolutional VAE whose encoder returns ``(mu, logvar)`` and whose decoder returns logits,
 trained for a few seconds with the usual BCE + KL loss (Adam, lr 3e-3). The second half
-wraps it with :class:`lvmtoolkit.TorchVAE` (one call) and uses the toolkit on it:
+wraps it with `lvmtoolkit.TorchVAE` (one call) and uses the toolkit on it:
 per-datapoint SVI refinement of the posterior, and Gibbs inpainting of the lower half of
 test digits.
 

@@ -13,18 +13,18 @@ The conditioner is two masked convolutions (``autoregressive_masks``) with an EL
 them; ``reverse=True`` runs the same step in the reversed order, so stacks alternate
 directions. Two holders of the weights exist:
 
-- :class:`AutoregressiveConvCell`: one set of weights for all datapoints, conditioned on a
+- `AutoregressiveConvCell`: one set of weights for all datapoints, conditioned on a
   per-datapoint context (a model's amortized flow, as in NVAE's posterior). A Pyro
   ``ConditionalTransformModule``: ``cell.condition(context)`` is the transform.
-- :class:`BatchedAutoregressiveCell`: one set of weights *per datapoint* (leading dimension
+- `BatchedAutoregressiveCell`: one set of weights *per datapoint* (leading dimension
   N), for per-datapoint refinement. It starts at the identity or as a copy of a shared cell
-  (:meth:`AutoregressiveConvCell.per_datapoint`), so refinement starts from the amortized
+  (`AutoregressiveConvCell.per_datapoint`), so refinement starts from the amortized
   flow. All datapoints are transformed in one batched matrix product.
 
 The transforms act on batches of shape ``(N, *event_shape)`` only: row ``i`` uses the
 parameters of datapoint ``i``.
 
-:class:`GaussianFlow` is a diagonal Normal pushed through such steps. Its KL to a Normal
+`GaussianFlow` is a diagonal Normal pushed through such steps. Its KL to a Normal
 prior has no closed form, and the Monte-Carlo ``log q(z) - log p(z)`` has a gradient whose
 noise does not cancel even where q equals p: with thousands of latent dimensions (NVAE),
 that noise alone moves every coordinate. The registered ``kl_divergence(GaussianFlow,
@@ -147,7 +147,7 @@ class AffineAutoregressive(Transform):
     """``y = z * exp(s(z)) + m(z)`` with (m, s) autoregressive in z (one IAF step).
 
     Args:
-        conditioner: See :data:`Conditioner`.
+        conditioner: See `Conditioner`.
         event_shape: Event shape of the latent (``(C, H, W)`` or any other, flattened).
         reverse: Run the step in the reversed order (channels and pixels reversed).
         cache_size: 1 caches the last ``(z, y)`` pair, so scoring a sample just drawn
@@ -407,7 +407,7 @@ class GaussianFlow(dist.TransformedDistribution):
 
     Args:
         base: ``Normal(loc, scale).to_event(k)`` with batch shape ``(N,)``.
-        transforms: Flow steps (e.g. :class:`AffineAutoregressive`), applied in order.
+        transforms: Flow steps (e.g. `AffineAutoregressive`), applied in order.
 
     ``rsample()`` records ``(z0, z, log|det J|)`` of the draw, so that
     ``kl_divergence(q, p)`` for a Normal ``p`` with the same event shape is the

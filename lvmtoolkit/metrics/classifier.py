@@ -36,7 +36,7 @@ _METADATA_KEY = "lvmtoolkit-classifier"
 class MnistClassifier(nn.Module):
     """conv(16, 5x5) - pool - conv(32, 5x5) - pool - linear(64) - linear(10), ReLU.
 
-    :meth:`features` returns the 64 activations before the last layer (as FID uses
+    `features` returns the 64 activations before the last layer (as FID uses
     Inception's last pooling layer).
     """
 
