@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 import click
 
-from lvmtoolkit.cli.common import parse_key_values, stderr
+from lvmtoolkit.cli.common import dump_json, parse_key_values, stderr
 
 
 def input_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -173,7 +172,7 @@ def run_refine(
     if report is None:
         return
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(dump_json(report))
     else:
         print_report(report)
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 
 from lvmtoolkit.cli.common import (
+    SEED,
     backend_option,
     checkpoint_option,
     data_options,
+    dump_json,
     load_model,
     parse_key_values,
     runtime_options,
@@ -90,7 +91,7 @@ def register(cli: click.Group) -> None:
 )
 @click.option(
     "--eval-seed",
-    type=int,
+    type=SEED,
     default=0,
     show_default=True,
     help="Seed of the evaluation noise (the same for every row).",
@@ -209,7 +210,7 @@ def refine(
         "results": report.results,
     }
     if as_json:
-        click.echo(json.dumps(rendered, indent=2))
+        click.echo(dump_json(rendered))
     else:
         _print_table(rendered, splits)
 

@@ -74,7 +74,7 @@ def per_split(
     log: Callable[[str, str], None] | None = None,
 ) -> dict[str, Any]:
     """``{split: measure(x, log_line)}`` with each split's images prepared for ``model``
-    (:meth:`Model.evaluation_data`, on its device) and ``log_line`` prefixed by the split."""
+    (`Model.evaluation_data`, on its device) and ``log_line`` prefixed by the split."""
     results = {}
     for split, images in splits.items():
         x = model.evaluation_data(images).to(model.device)

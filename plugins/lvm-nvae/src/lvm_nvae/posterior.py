@@ -1,10 +1,10 @@
 """The NVAE's posteriors: amortized (the bidirectional encoder) and per-datapoint.
 
-:class:`NVAEPosterior` samples the groups top-down, each from its residual normal (and flow
+`NVAEPosterior` samples the groups top-down, each from its residual normal (and flow
 steps) given the groups above. It is a ``GaussianPosterior`` through a mean-field summary
-(:meth:`NVAEPosterior.gaussian_params`), which is where mean-field refinement starts.
+(`NVAEPosterior.gaussian_params`), which is where mean-field refinement starts.
 
-:class:`NVAELocalPosterior` is hierarchical per-datapoint refinement: it keeps the whole
+`NVAELocalPosterior` is hierarchical per-datapoint refinement: it keeps the whole
 top-down structure and adds per-datapoint offsets to the encoder's residual mean and
 log-scale of every group, starting at zero, so it starts *exactly* at the amortized
 posterior. The encoder's bottom-up features of the batch are computed once and kept; each
@@ -163,9 +163,9 @@ class NVAELocalPosterior(LocalPosterior):
     Args:
         model: The NVAE (shared, frozen during refinement).
         x: The batch whose encoder features are kept.
-        num_flows: See :meth:`NVAEPosterior.local_posterior`.
-        flow_hidden: See :meth:`NVAEPosterior.local_posterior`.
-        seed: See :meth:`NVAEPosterior.local_posterior`.
+        num_flows: See `NVAEPosterior.local_posterior`.
+        flow_hidden: See `NVAEPosterior.local_posterior`.
+        seed: See `NVAEPosterior.local_posterior`.
 
     References:
         Vahdat & Kautz, NeurIPS 2020; Cremer, Li & Duvenaud, "Inference Suboptimality in
