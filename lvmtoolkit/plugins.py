@@ -267,6 +267,32 @@ def load_checkpoint(
     return load_with(path, device, backend, lookup=get_backend)
 
 
+def load_backend_model(
+    backend: str, checkpoint: str | Path | None = None, device: str | torch.device = "cpu"
+) -> tuple[Model, str]:
+    """A backend's model from ``checkpoint``, or from the backend's bundled checkpoint.
+
+    Returns:
+        The model (eval mode) and the path it was loaded from.
+
+    Raises:
+        CheckpointError: No checkpoint given and the backend ships none, or a bad file.
+        UnknownNameError: The backend is not installed.
+    """
+    from lvmtoolkit.errors import CheckpointError
+
+    model_class = get_backend(backend)
+    if checkpoint is None:
+        default = model_class.default_checkpoint()
+        if default is None:
+            raise CheckpointError(
+                f"backend {backend!r} ships no checkpoint; pass --checkpoint or train one "
+                f"with `lvm train --backend {backend}`"
+            )
+        checkpoint = default
+    return load_checkpoint(checkpoint, device=device, backend=backend), str(checkpoint)
+
+
 def plugin_info() -> list[dict[str, Any]]:
     """Installed plugins with their distribution, version, hooks and registered names.
 

@@ -96,17 +96,7 @@ def parse_key_values(pairs: tuple[str, ...], what: str) -> dict[str, str]:
 
 
 def load_model(backend: str, checkpoint: str | None, device: Any) -> Any:
-    """The model from ``checkpoint``, or the backend's bundled checkpoint."""
-    from lvmtoolkit.errors import CheckpointError
-    from lvmtoolkit.plugins import get_backend, load_checkpoint
+    """The model from ``checkpoint``, or the backend's bundled checkpoint, and its path."""
+    from lvmtoolkit.plugins import load_backend_model
 
-    model_class = get_backend(backend)
-    if checkpoint is None:
-        default = model_class.default_checkpoint()
-        if default is None:
-            raise CheckpointError(
-                f"backend {backend!r} ships no checkpoint; pass --checkpoint or train one "
-                f"with `lvm train --backend {backend}`"
-            )
-        checkpoint = str(default)
-    return load_checkpoint(checkpoint, device=device, backend=backend), checkpoint
+    return load_backend_model(backend, checkpoint, device)

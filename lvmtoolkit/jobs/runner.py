@@ -345,6 +345,7 @@ class _Progress:
         self.enabled = enabled
         if not enabled:
             return
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -355,7 +356,7 @@ class _Progress:
         )
         from rich.text import Text
 
-        from lvmtoolkit.cli.common import stderr
+        stderr = Console(stderr=True)
 
         class Rate(ProgressColumn):
             """Datapoints per second of this run (a resumed run's earlier shards excluded),

@@ -139,9 +139,9 @@ def load_model_spec(
     backend: str, checkpoint: str | None, device: str | torch.device
 ) -> tuple[Model, dict[str, Any]]:
     """A backend's model from ``checkpoint`` (its bundled one by default), with its identity."""
-    from lvmtoolkit.cli.common import load_model
+    from lvmtoolkit.plugins import load_backend_model
 
-    model, checkpoint_path = load_model(backend, checkpoint, device)
+    model, checkpoint_path = load_backend_model(backend, checkpoint, device)
     path = Path(checkpoint_path)
     digest = hashlib.sha256()
     for file in _checkpoint_files(path):
