@@ -211,8 +211,12 @@ def restore(
     if result == "sample":
         keep = max(keep, 1)
     defaults = METHOD_DEFAULTS[method]
-    num_samples = _positive("num_samples", num_samples or defaults.get("num_samples", 1))
-    iterations = _positive("iterations", iterations or defaults.get("iterations", 1))
+    if num_samples is None:
+        num_samples = defaults.get("num_samples", 1)
+    if iterations is None:
+        iterations = defaults.get("iterations", 1)
+    num_samples = _positive("num_samples", num_samples)
+    iterations = _positive("iterations", iterations)
     burn_in = defaults.get("burn_in", 0) if burn_in is None else burn_in
     burn_in = _positive("burn_in", burn_in, minimum=0)
     if method == "mwg" and burn_in >= iterations:

@@ -99,11 +99,14 @@ class PixelSummary:
         self.log_square_total[rows] = torch.logaddexp(self.log_square_total[rows], 2 * log_w)
         if draw is not None:
             if self.weighted:
-                for slot in range(self.samples.shape[0]):
-                    replace = torch.rand(rows.shape[0], device=rows.device) < take_new
-                    self.samples[slot, rows] = torch.where(
-                        replace.view(view), draw, self.samples[slot, rows]
-                    )
+                # Each slot takes the new draw with probability w / (sum of w so far).
+                # Replacements get rarer as weight accumulates (about log K per slot over
+                # K draws), so only the slots that change are written.
+                keep = self.samples.shape[0]
+                replace = torch.rand(keep, rows.shape[0], device=rows.device) < take_new
+                slots, which = replace.nonzero(as_tuple=True)
+                if slots.numel():
+                    self.samples[slots, rows[which]] = draw[which]
             else:
                 slot_of = self.count[rows]
                 fresh = slot_of < self.samples.shape[0]
