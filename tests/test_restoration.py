@@ -278,3 +278,16 @@ def test_weighted_resampling_picks_draws_in_proportion_to_their_weights():
     expected_mean = (weights * torch.tensor([0.0, 1.0, 0.0, 1.0])).sum() / weights.sum()
     torch.testing.assert_close(summary.mean, expected_mean.view(1, 1))
     torch.testing.assert_close(summary.effective_sample_size, weights.sum().pow(2).view(1) / 34)
+
+
+def test_a_refined_posterior_is_reused_not_refined_again(tiny_vae, digits):
+    y = GaussianNoise().corrupt(digits, seed=0).y
+    refiner = restoration_refiner("svi", steps=5)
+    first = restore(tiny_vae, y, "gaussian", refiner=refiner, seed=4)
+    again = restore(tiny_vae, y, "gaussian", refiner=refiner, seed=4, posterior=first.posterior)
+    assert torch.equal(first.mean, again.mean)
+    assert "refiner_nelbo" in first.info and "refiner_nelbo" not in again.info
+    with pytest.raises(LvmError, match="holds 32 datapoints but was given a batch of 8"):
+        restore(tiny_vae, y[:8], "gaussian", posterior=first.posterior)
+    with pytest.raises(OptionError, match="pseudo-gibbs refines its own posteriors"):
+        restore(tiny_vae, y, "gaussian", method="pseudo-gibbs", posterior=first.posterior)

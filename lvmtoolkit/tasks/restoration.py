@@ -52,10 +52,13 @@ barely after, at a third of the cost of the refiner's own default of 1,000."""
 METHOD_DEFAULTS: dict[str, dict[str, int]] = {
     "conditional": {"num_samples": 32},
     "importance": {"num_samples": 256},
-    "mwg": {"iterations": 300, "burn_in": 50},
+    "mwg": {"iterations": 300},
     "pseudo-gibbs": {"iterations": 100},
 }
 """Per-method defaults of `restore` (samples of z, chain lengths)."""
+
+BURN_IN_FRACTION = 6
+"""The ``mwg`` chain leaves out its first iterations // 6 by default (50 of 300)."""
 
 NLL_SAMPLES = 256
 """Default importance samples of the conditional log-likelihood estimate."""
@@ -154,6 +157,7 @@ def restore(
     result: Result = "mean",
     reference: torch.Tensor | None = None,
     nll_samples: int = NLL_SAMPLES,
+    posterior: Posterior | None = None,
 ) -> Restoration:
     """Restore images from observations y by inference on what was observed.
 
@@ -175,7 +179,7 @@ def restore(
             (``importance``); default `METHOD_DEFAULTS`.
         keep: Samples of x to return per image (at least 1 with ``result="sample"``).
         iterations: Chain length (``mwg``, ``pseudo-gibbs``); default `METHOD_DEFAULTS`.
-        burn_in: Iterations of the ``mwg`` chain left out; default `METHOD_DEFAULTS`.
+        burn_in: Iterations of the ``mwg`` chain left out; default a sixth of them.
         seed: Seed of the sampling noise (the refiner's own noise comes from its ``seed``
             option; the chain's refiner gets a fresh one per iteration).
         fill: Value of the unobserved pixels for the encoder (and the chain's start).
@@ -184,6 +188,9 @@ def restore(
             log p(reference | y) with the method's posterior (``nll_samples`` importance
             samples; ``mwg``: its chain).
         nll_samples: k of that estimate (`conditional_log_likelihood`).
+        posterior: A q(z | y) already refined for these observations (e.g. the
+            ``posterior`` of an earlier `Restoration`); the refiner is then not run, and
+            only names the result. Not for ``pseudo-gibbs``.
 
     Returns:
         A `Restoration`.
@@ -217,7 +224,7 @@ def restore(
         iterations = defaults.get("iterations", 1)
     num_samples = _positive("num_samples", num_samples)
     iterations = _positive("iterations", iterations)
-    burn_in = defaults.get("burn_in", 0) if burn_in is None else burn_in
+    burn_in = iterations // BURN_IN_FRACTION if burn_in is None else burn_in
     burn_in = _positive("burn_in", burn_in, minimum=0)
     if method == "mwg" and burn_in >= iterations:
         raise OptionError(f"burn_in ({burn_in}) must be below iterations ({iterations})")
@@ -233,6 +240,8 @@ def restore(
         raise LvmError("reference must be a tensor of the shape of y")
 
     if method == "pseudo-gibbs":
+        if posterior is not None:
+            raise OptionError("pseudo-gibbs refines its own posteriors; it takes no posterior")
         return _pseudo_gibbs(
             observed_model, filled, full_mask, refiner, iterations, seed, fill, result,
             reference, nll_samples,
@@ -240,12 +249,16 @@ def restore(
     if refiner is None or isinstance(refiner, str):
         refiner = restoration_refiner(refiner or "svi")
     started = time.perf_counter()
-    refined = refiner.refine(observed_model, filled, mask=full_mask)
-    posterior = refined.posterior
+    info: dict[str, Any] = {}
+    if posterior is None:
+        refined = refiner.refine(observed_model, filled, mask=full_mask)
+        posterior = refined.posterior
+        if refined.trace.numel():
+            info["refiner_nelbo"] = float(refined.trace[-1].mean())
+    else:
+        posterior.check_batch_size(y.shape[0])
     refine_seconds = time.perf_counter() - started
-    info: dict[str, Any] = {"refine_seconds": refine_seconds}
-    if refined.trace.numel():
-        info["refiner_nelbo"] = float(refined.trace[-1].mean())
+    info["refine_seconds"] = refine_seconds
     log_likelihood = None
     with seeded(stream_seed(seed, f"restore/{method}"), y.device):
         if method == "conditional":
