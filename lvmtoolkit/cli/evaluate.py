@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from lvmtoolkit.cli.common import SEED, data_options, parse_key_values, runtime_options, stderr
+from lvmtoolkit.cli.jobs import data_images, input_options, user_models
 from lvmtoolkit.tasks.kinds import MASK_KINDS, METHODS, NOISE_KINDS
 
 
@@ -214,6 +215,7 @@ Examples:
         show_default=True,
         help="Images per kind in the grid.",
     )
+    @input_options
     @runtime_options
     @click.option("--json", "as_json", is_flag=True, help="Write the results as JSON to stdout.")
     @click.option(
@@ -280,6 +282,8 @@ def _evaluate(
     threads: int | None,
     as_json: bool,
     markdown: bool,
+    data: tuple[str, ...] = (),
+    model_spec: str | None = None,
 ) -> None:
     from rich.markup import escape
 
@@ -324,8 +328,14 @@ def _evaluate(
         dims = int(fid_dims) if fid_dims is not None else None
         extractor = feature_extractor(fid_features, fid_weights, dims).to(torch_device)
     checkpoint_paths = parse_key_values(checkpoints, "--checkpoint")
-    models, used, skipped = _select_models(_names(backends), checkpoint_paths, torch_device)
-    images = get_dataset(dataset)(data_dir).load(split).images[:num_images]
+    if model_spec is not None:
+        models, used, skipped = user_models(model_spec, backends, checkpoint_paths, torch_device)
+    else:
+        models, used, skipped = _select_models(_names(backends), checkpoint_paths, torch_device)
+    if data:
+        images, dataset = data_images(data, models, num_images), ", ".join(data)
+    else:
+        images = get_dataset(dataset)(data_dir).load(split).images[:num_images]
 
     def log(line: str) -> None:
         stderr.print(f"[dim]{escape(line)}[/dim]")
