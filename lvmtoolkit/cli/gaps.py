@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 
 from lvmtoolkit.cli.common import (
+    SEED,
     backend_option,
     checkpoint_option,
     data_options,
-    load_model,
+    dump_json,
     parse_key_values,
     runtime_options,
     stderr,
 )
+from lvmtoolkit.cli.jobs import command_inputs, input_options
 from lvmtoolkit.cli.refine import parse_int_list, parse_splits
 
 
@@ -99,8 +100,9 @@ def register(cli: click.Group) -> None:
     help="...or after this many steps in all.",
 )
 @click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seed of the evaluation noise."
+    "--seed", type=SEED, default=0, show_default=True, help="Seed of the evaluation noise."
 )
+@input_options
 @runtime_options
 @click.option("--json", "as_json", is_flag=True, help="Write the results as JSON to stdout.")
 def gaps(
@@ -119,6 +121,8 @@ def gaps(
     tolerance: float,
     max_steps: int,
     seed: int,
+    data: tuple[str, ...],
+    model_spec: str | None,
     device: str,
     threads: int | None,
     as_json: bool,
@@ -137,11 +141,12 @@ def gaps(
       lvm gaps
       lvm gaps --backend gmvae --split train,test --num-images 100 --json
       lvm gaps --dataset mnist --data-dir ../shared/data/mnist --iwae-samples 5000
+      lvm gaps --model my_vae.py:build --data pngs/ --num-images 50
     """
     from lvmtoolkit.core.runtime import resolve_device, set_threads
     from lvmtoolkit.errors import OptionError
     from lvmtoolkit.metrics.gaps import ConvergenceRule, gaps_report
-    from lvmtoolkit.plugins import get_dataset, get_refiner
+    from lvmtoolkit.plugins import get_refiner
 
     set_threads(threads)
     torch_device = resolve_device(device)
@@ -152,9 +157,19 @@ def gaps(
     if not refiner_obj.iterative:
         raise OptionError(f"refiner {refiner!r} takes no steps; q* needs an iterative refiner")
     rule = ConvergenceRule(round_steps, tolerance, max_steps)
-    data_source = get_dataset(dataset)(data_dir)
-    model, checkpoint = load_model(backend, checkpoint, torch_device)
-    split_images = {split: data_source.load(split).images[:num_images] for split in splits}
+    inputs = command_inputs(
+        backend=backend,
+        checkpoint=checkpoint,
+        model_spec=model_spec,
+        data=data,
+        dataset=dataset,
+        data_dir=data_dir,
+        splits=splits,
+        num_images=num_images,
+        device=torch_device,
+    )
+    model, backend, checkpoint = inputs.model, inputs.backend, inputs.checkpoint
+    dataset, split_images, splits = inputs.dataset, inputs.split_images, list(inputs.split_images)
 
     with stderr.status(f"gaps on {num_images} images per split"):
         report = gaps_report(
@@ -180,7 +195,7 @@ def gaps(
         "results": report.results,
     }
     if as_json:
-        click.echo(json.dumps(rendered, indent=2))
+        click.echo(dump_json(rendered))
         return
     _print(rendered, splits)
 
