@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
+from lvmtoolkit.core.runtime import signals_deferred
 from lvmtoolkit.errors import ImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -407,13 +408,16 @@ def _replace_all(temporary: list[tuple[str, Path]]) -> None:
     (the previous files are kept under a backup name until all renames succeeded)."""
     done: list[tuple[Path, str | None]] = []
     try:
-        for tmp, target in temporary:
-            backup = None
-            if target.exists():
-                backup = f"{tmp}.old"
-                os.replace(target, backup)
-            done.append((target, backup))
-            os.replace(tmp, target)
+        # Ctrl-C and SIGTERM wait until every rename is done; only a SIGKILL in these few
+        # milliseconds can leave some outputs new and others old (each one whole).
+        with signals_deferred():
+            for tmp, target in temporary:
+                backup = None
+                if target.exists():
+                    backup = f"{tmp}.old"
+                    os.replace(target, backup)
+                done.append((target, backup))
+                os.replace(tmp, target)
     except BaseException:
         for target, backup in reversed(done):
             with contextlib.suppress(OSError):

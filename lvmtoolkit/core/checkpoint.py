@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch.overrides import TorchFunctionMode
 
 from lvmtoolkit.core.model import Model
+from lvmtoolkit.core.runtime import signals_deferred
 from lvmtoolkit.errors import CheckpointError
 
 WEIGHTS_FILE = "model.safetensors"
@@ -77,8 +78,9 @@ def _atomic_write(writes: list[tuple[Path, Callable[[str], None]]]) -> None:
             write(tmp)
             # mkstemp (and safetensors, which recreates the file) make 0600: use the usual mode
             os.chmod(tmp, 0o666 & ~umask)
-        for tmp, path in temporary:
-            os.replace(tmp, path)
+        with signals_deferred():
+            for tmp, path in temporary:
+                os.replace(tmp, path)
     except BaseException:
         for tmp, _ in temporary:
             Path(tmp).unlink(missing_ok=True)

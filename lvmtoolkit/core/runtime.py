@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import signal
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -130,3 +132,24 @@ def check_seed(seed: int, what: str = "seed") -> int:
     if not 0 <= seed <= MAX_SEED:
         raise LvmError(f"{what} must be between 0 and 2**63-1, got {seed}")
     return seed
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends (a pending one is delivered right after).
+
+    For renames that must happen together (a checkpoint's weights and config, a folder of
+    outputs): an interrupt then lands before all of them or after all of them. Only the
+    main thread can block signals; elsewhere, and where the platform has no
+    ``pthread_sigmask``, this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(
+        signal, "pthread_sigmask"
+    ):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
