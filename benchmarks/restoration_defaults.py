@@ -5,8 +5,10 @@ test set, on which Table 3 is reported; mnist-5k digits come from MNIST's traini
 the bundled models were trained on the 4,000 of its train split) under each corruption,
 with
 
-* ``conditional`` and the ``amortized`` refiner, and with ``svi`` at each of ``--steps``,
-* ``importance`` and ``mwg`` with the ``svi`` posterior of ``--sampler-steps`` steps,
+* ``conditional`` and the ``amortized`` refiner, and with ``svi`` under each option set of
+  ``--variants`` (``;``-separated, each ``KEY=VALUE,...``, given over `restoration_refiner`'s
+  defaults),
+* ``importance`` and ``mwg`` with the ``svi`` posterior of the defaults,
 * the paper's ``pseudo-gibbs`` chain with ``svi`` (its per-iteration defaults),
 
 and prints SSIM, the conditional NLL and seconds per image (restoration only) for each, as
@@ -15,7 +17,9 @@ the work; refiners are given as labelled variants of ``svi``.
 
 Usage:
     python benchmarks/restoration_defaults.py [--backend vae] [--num 200] [--threads 1]
-    python benchmarks/restoration_defaults.py --num 8 --steps 10 --kinds gaussian  # smoke
+    python benchmarks/restoration_defaults.py --backend nvae --num 30 --kinds gaussian \
+        --variants "lr=0.05,lr_scaling=dimension;lr=0.05;lr=0.2;steps=1000" --samplers none
+    python benchmarks/restoration_defaults.py --num 8 --variants "steps=10" --kinds gaussian
 """
 
 from __future__ import annotations
@@ -42,8 +46,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="vae")
     parser.add_argument("--num", type=int, default=200)
-    parser.add_argument("--steps", default="100,300,1000", help="svi steps to compare")
-    parser.add_argument("--sampler-steps", type=int, default=300)
+    parser.add_argument(
+        "--variants",
+        default="steps=100;steps=300,lr=0.05;steps=300;steps=1000",
+        help="svi option sets to compare, ';'-separated",
+    )
+    parser.add_argument(
+        "--samplers", default="importance,mwg,pseudo-gibbs", help="'none' for conditional only"
+    )
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--nll-samples", type=int, default=256)
     parser.add_argument("--chain-iterations", type=int, default=100)
@@ -54,7 +64,8 @@ def main() -> None:
 
     model = load_checkpoint(get_backend(args.backend).default_checkpoint(), backend=args.backend)
     images = get_dataset("mnist-5k")().load("test").images[: args.num]
-    steps = [int(s) for s in args.steps.split(",")]
+    variants_text = [v.strip() for v in args.variants.split(";") if v.strip()]
+    samplers = [] if args.samplers == "none" else args.samplers.split(",")
     reports = {}
     for kind in args.kinds.split(","):
         task = KINDS[kind]
@@ -63,34 +74,40 @@ def main() -> None:
             "nll_samples": args.nll_samples,
         }
         variants = {"amortized": restoration_refiner("amortized")}
-        variants |= {f"svi, {s} steps": restoration_refiner("svi", steps=s) for s in steps}
+        for text in variants_text:
+            options = dict(pair.split("=", 1) for pair in text.split(","))
+            variants[f"svi, {text}"] = restoration_refiner("svi", **options)
         runs = [
-            evaluate_restoration(task, {args.backend: model}, variants, images, [kind], **common),
-            evaluate_restoration(
-                task,
-                {args.backend: model},
-                {
-                    f"svi, {args.sampler_steps} steps": restoration_refiner(
-                        "svi", steps=args.sampler_steps
-                    )
-                },
-                images,
-                [kind],
-                methods=["importance", "mwg"],
-                **common,
-            ),
-            evaluate_restoration(
-                task,
-                {args.backend: model},
-                {"svi": restoration_refiner("svi")},
-                images,
-                [kind],
-                methods=["pseudo-gibbs"],
-                chain_refiners={"svi": gibbs_refiner("svi")},
-                iterations=args.chain_iterations,
-                **common,
-            ),
+            evaluate_restoration(task, {args.backend: model}, variants, images, [kind], **common)
         ]
+        chosen = {"svi (defaults)": restoration_refiner("svi")}
+        methods = [m for m in samplers if m != "pseudo-gibbs"]
+        if methods:
+            runs.append(
+                evaluate_restoration(
+                    task,
+                    {args.backend: model},
+                    chosen,
+                    images,
+                    [kind],
+                    methods=methods,
+                    **common,
+                )
+            )
+        if "pseudo-gibbs" in samplers:
+            runs.append(
+                evaluate_restoration(
+                    task,
+                    {args.backend: model},
+                    {"svi": restoration_refiner("svi")},
+                    images,
+                    [kind],
+                    methods=["pseudo-gibbs"],
+                    chain_refiners={"svi": gibbs_refiner("svi")},
+                    iterations=args.chain_iterations,
+                    **common,
+                )
+            )
         rows = []
         for report in runs:
             entry = report.results[args.backend][kind]
