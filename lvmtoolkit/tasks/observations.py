@@ -112,7 +112,7 @@ class GaussianNoise(ObservationModel):
     """
 
     name = "gaussian"
-    description = "additive Gaussian noise, clipped to [0, 1] (censored)"
+    description = "additive Gaussian noise, clipped to [0, 1]; the clipping is censoring"
     options_class = GaussianOptions
 
     @property
