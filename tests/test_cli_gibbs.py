@@ -138,6 +138,32 @@ def test_denoise_writes_images_of_the_input_size(files, tmp_path):
     assert "denoise: assuming noise gaussian:variance=0.5,clip=true" in result.stderr
 
 
+def test_inpaint_with_noisy_known_pixels_restores_them_too(files, tmp_path):
+    folder, masks = files
+    out = tmp_path / "both.png"
+    result = run(
+        "inpaint", folder / "b.png", "--mask", masks / "b.png", "-o", out, "--noise",
+        "gaussian:variance=0.1", "-O", "steps=20", "--threads", "1", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["noise"] == "gaussian:variance=0.1,clip=true"
+    image = np.asarray(Image.open(folder / "b.png"))
+    known = np.asarray(Image.open(masks / "b.png")) == 0
+    restored = np.asarray(Image.open(out))
+    assert not np.array_equal(restored[known], image[known])  # not copied: denoised
+
+
+def test_denoise_thresholds_grey_input_for_binary_observations(files, tmp_path):
+    folder, _ = files
+    result = run(
+        "denoise", folder / "a.png", "-o", tmp_path / "sp.png", "--noise",
+        "salt-pepper:rate=0.1", "-O", "steps=5", "--iterations", "3",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "note: salt-pepper observes black and white: input thresholded at 0.5" in (result.stderr)
+    assert "note: --iterations applies to mwg and pseudo-gibbs" in result.stderr
+
+
 def _bad_inputs(tmp_path, folder, masks):
     (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / "notes.png").write_text("hello")
