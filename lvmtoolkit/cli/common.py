@@ -93,10 +93,3 @@ def parse_key_values(pairs: tuple[str, ...], what: str) -> dict[str, str]:
             raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint=what)
         values[key.strip()] = value.strip()
     return values
-
-
-def load_model(backend: str, checkpoint: str | None, device: Any) -> Any:
-    """The model from ``checkpoint``, or the backend's bundled checkpoint, and its path."""
-    from lvmtoolkit.plugins import load_backend_model
-
-    return load_backend_model(backend, checkpoint, device)

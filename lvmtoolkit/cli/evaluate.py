@@ -230,10 +230,9 @@ Examples:
 def _select_models(
     backends: list[str] | None, checkpoints: dict[str, str], device: Any
 ) -> tuple[dict[str, Any], dict[str, str], list[str]]:
-    from lvmtoolkit.cli.common import load_model
     from lvmtoolkit.errors import OptionError
     from lvmtoolkit.plugins import backends as installed_backends
-    from lvmtoolkit.plugins import get_backend
+    from lvmtoolkit.plugins import get_backend, load_backend_model
 
     unknown = sorted(set(checkpoints) - set(backends or installed_backends()))
     if unknown:
@@ -249,7 +248,7 @@ def _select_models(
                 )
             skipped.append(name)
             continue
-        models[name], used[name] = load_model(name, checkpoints.get(name), device)
+        models[name], used[name] = load_backend_model(name, checkpoints.get(name), device)
     if not models:
         raise OptionError("no backend with a checkpoint to evaluate; pass --checkpoint NAME=PATH")
     return models, used, skipped

@@ -14,7 +14,6 @@ from lvmtoolkit.cli.common import (
     backend_option,
     checkpoint_option,
     dump_json,
-    load_model,
     parse_key_values,
     runtime_options,
     stderr,
@@ -303,6 +302,7 @@ def _run(
         image_writer,
         load_batch,
     )
+    from lvmtoolkit.plugins import load_backend_model
     from lvmtoolkit.tasks.gibbs import gibbs_refiner
     from lvmtoolkit.tasks.observation_model import parse_observation
     from lvmtoolkit.tasks.observed_model import ObservedModel
@@ -326,7 +326,7 @@ def _run(
     masks = _mask_files(mask, inputs) if mask is not None else None
     make_refiner = gibbs_refiner if method == "pseudo-gibbs" else restoration_refiner
     refiner_obj = make_refiner(refiner, **parse_key_values(options, "--option"))
-    model, checkpoint = load_model(backend, checkpoint, torch_device)
+    model, checkpoint = load_backend_model(backend, checkpoint, torch_device)
     ObservedModel(model, observation)  # refuses a noise model that does not fit, now
     batch = load_batch(inputs, model.data_shape, masks, white_is_missing=white_is_missing)
     x, observed = batch.x.to(torch_device), batch.observed.to(torch_device)

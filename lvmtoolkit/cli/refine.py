@@ -12,7 +12,6 @@ from lvmtoolkit.cli.common import (
     checkpoint_option,
     data_options,
     dump_json,
-    load_model,
     parse_key_values,
     runtime_options,
     stderr,
@@ -177,7 +176,7 @@ def refine(
     from lvmtoolkit.core.runtime import resolve_device, set_threads
     from lvmtoolkit.errors import OptionError
     from lvmtoolkit.metrics import refinement_report
-    from lvmtoolkit.plugins import get_dataset, get_refiner
+    from lvmtoolkit.plugins import get_dataset, get_refiner, load_backend_model
 
     set_threads(threads)
     torch_device = resolve_device(device)
@@ -186,7 +185,7 @@ def refine(
         raise OptionError("set the number of steps with --steps, not -o steps=...")
     refiner_obj = get_refiner(refiner)(**values)
     data_source = get_dataset(dataset)(data_dir)
-    model, checkpoint = load_model(backend, checkpoint, torch_device)
+    model, checkpoint = load_backend_model(backend, checkpoint, torch_device)
     split_images = {split: data_source.load(split).images[:num_images] for split in splits}
 
     with stderr.status(f"{refiner} on {num_images} images per split"):
