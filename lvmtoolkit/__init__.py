@@ -36,6 +36,7 @@ _LAZY = {
     "frozen": "lvmtoolkit.core",
     "seeded": "lvmtoolkit.core",
     "stream_seed": "lvmtoolkit.core",
+    "take_rows": "lvmtoolkit.core",
     "GaussianParams": "lvmtoolkit.core",
     "Refiner": "lvmtoolkit.core",
     "RefineResult": "lvmtoolkit.core",

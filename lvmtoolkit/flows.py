@@ -54,6 +54,7 @@ from torch.distributions import Independent, Normal, Transform, constraints, reg
 from torch.distributions import kl_divergence as _kl_divergence
 from torch.nn import functional as F
 
+from lvmtoolkit.core.runtime import take_rows
 from lvmtoolkit.errors import LvmError
 
 Conditioner = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -116,13 +117,41 @@ def autoregressive_masks(
     return first.to(device), second.to(device)
 
 
-def _masked_conv(z: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Same-padded convolution with masked weights, shared (4-D) or per datapoint (5-D)."""
+class _ZeroOutsideMask(torch.autograd.Function):
+    """``weight`` as it is, with a gradient that is zero outside ``mask``.
+
+    For per-datapoint weights that already hold zeros wherever the mask does
+    (`BatchedAutoregressiveCell` keeps them so): the forward pass is then ``weight * mask``
+    without its pass over every weight, which for per-datapoint flows is a pass over the
+    largest tensors of a refinement step. The gradient is the product's, so an optimiser
+    never moves a masked weight off zero.
+    """
+
+    @staticmethod
+    def forward(ctx: object, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(mask)  # type: ignore[attr-defined]
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (mask,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grad * mask, None
+
+
+def _masked_conv(
+    z: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, *, zero_outside: bool = False
+) -> torch.Tensor:
+    """Same-padded convolution with masked weights, shared (4-D) or per datapoint (5-D).
+
+    ``zero_outside=True`` promises that ``weight`` is already zero wherever ``mask`` is
+    (see `_ZeroOutsideMask`).
+    """
     k = weight.shape[-1]
     if weight.dim() == 4:
         return F.conv2d(z, weight * mask, padding=k // 2)
     n, _, height, width = z.shape
-    kernel = (weight * mask).flatten(2)  # (N, out, in*k*k)
+    masked = _ZeroOutsideMask.apply(weight, mask) if zero_outside else weight * mask
+    kernel = masked.flatten(2)  # (N, out, in*k*k)
     columns = z.flatten(2) if k == 1 else F.unfold(z, k, padding=k // 2)
     return torch.bmm(kernel, columns).view(n, -1, height, width)
 
@@ -131,12 +160,16 @@ def _conditioner(
     weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     masks: tuple[torch.Tensor, torch.Tensor],
     log_scale_bound: float,
+    *,
+    zero_outside: bool = False,
 ) -> Conditioner:
     w1, b1, w2, b2 = weights
 
     def conditioner(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = F.elu(_masked_conv(z, w1, masks[0]) + b1)
-        shift, raw = (_masked_conv(hidden, w2, masks[1]) + b2).chunk(2, dim=1)
+        hidden = F.elu(_masked_conv(z, w1, masks[0], zero_outside=zero_outside) + b1)
+        shift, raw = (_masked_conv(hidden, w2, masks[1], zero_outside=zero_outside) + b2).chunk(
+            2, dim=1
+        )
         # A soft clamp keeps exp(s) finite and is the identity's slope at 0.
         return shift, log_scale_bound * torch.tanh(raw / log_scale_bound)
 
@@ -343,6 +376,27 @@ class BatchedAutoregressiveCell(nn.Module):
         self.b2 = nn.Parameter(b2.detach().clone())
         self.reverse = reverse
         self.log_scale_bound = log_scale_bound
+        # The weights are kept zero outside their masks (here, after loading, and by the
+        # masked gradient in between), so a forward pass need not multiply by the masks.
+        self.zero_outside_masks()
+        self.register_load_state_dict_post_hook(lambda module, _: module.zero_outside_masks())
+
+    def _masks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        channels, hidden, k = self.w1.shape[2], self.w1.shape[1], self.w1.shape[-1]
+        return autoregressive_masks(channels, hidden, k, device=self.w1.device)
+
+    def zero_outside_masks(self) -> None:
+        """Zero the weights outside the autoregressive masks.
+
+        The forward pass relies on these zeros instead of multiplying by the masks (a pass
+        over the largest tensors of a refinement step). The constructor, loading a state
+        dict and any optimiser (the masked weights get zero gradients) keep them; call
+        this after writing weights into the parameters by hand.
+        """
+        first, second = self._masks()
+        with torch.no_grad():
+            self.w1.mul_(first)
+            self.w2.mul_(second)
 
     @classmethod
     def identity(
@@ -394,11 +448,13 @@ class BatchedAutoregressiveCell(nn.Module):
 
     def transform(self, index: slice | torch.Tensor = slice(None)) -> AffineAutoregressive:
         """The step of the datapoints ``index`` (rows of the batch it will transform)."""
-        w1 = self.w1[index]
-        channels, hidden, k = w1.shape[2], w1.shape[1], w1.shape[-1]
-        masks = autoregressive_masks(channels, hidden, k, device=w1.device)
-        weights = (w1, self.b1[index], self.w2[index], self.b2[index])
-        conditioner = _conditioner(weights, masks, self.log_scale_bound)
+        weights = (
+            take_rows(self.w1, index),
+            take_rows(self.b1, index),
+            take_rows(self.w2, index),
+            take_rows(self.b2, index),
+        )
+        conditioner = _conditioner(weights, self._masks(), self.log_scale_bound, zero_outside=True)
         return AffineAutoregressive(conditioner, self.event_shape, reverse=self.reverse)
 
 

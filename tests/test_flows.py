@@ -5,6 +5,8 @@ import pytest
 import torch
 from torch.distributions import kl_divergence
 
+from lvmtoolkit import flows
+from lvmtoolkit.core.runtime import take_rows
 from lvmtoolkit.errors import LvmError
 from lvmtoolkit.flows import (
     AutoregressiveConvCell,
@@ -22,6 +24,8 @@ def perturbed(cell: torch.nn.Module, seed: int = 0, scale: float = 0.5) -> torch
     with torch.no_grad():
         for param in cell.parameters():
             param.copy_(scale * torch.randn(param.shape, generator=generator, dtype=param.dtype))
+    if isinstance(cell, BatchedAutoregressiveCell):
+        cell.zero_outside_masks()  # written by hand: restore the zeros its forward relies on
     return cell
 
 
@@ -32,8 +36,7 @@ def shared(event_shape, reverse=False, context_channels=0):
 
 
 def batched(event_shape, reverse=False, num=3):
-    cell = BatchedAutoregressiveCell.identity(num, event_shape, 7, reverse=reverse)
-    return perturbed(cell, seed=1)
+    return perturbed(BatchedAutoregressiveCell.identity(num, event_shape, 7, reverse=reverse), 1)
 
 
 def transforms_of(kind: str, event_shape, reverse: bool):
@@ -207,3 +210,37 @@ def test_gaussian_flow_kl_needs_a_draw_and_a_normal_prior():
         q.expand((2, 3))
     with pytest.raises(LvmError, match="one sample per row"):
         q.rsample((2,))
+
+
+def test_per_datapoint_weights_stay_zero_outside_their_masks():
+    # The batched cell's forward pass skips the mask multiply, so its weights must hold
+    # zeros there: after construction, after loading any state dict, after optimiser steps.
+    cell = BatchedAutoregressiveCell.identity(3, (2, 3, 3), 5)
+    first, second = autoregressive_masks(2, 5, 3)
+    state = {k: torch.randn_like(v) for k, v in cell.state_dict().items()}
+    cell.load_state_dict(state)
+    assert (cell.w1[:, first == 0] == 0).all() and (cell.w2[:, second == 0] == 0).all()
+    assert torch.equal(cell.w1, state["w1"] * first)
+    optimizer = torch.optim.Adam(cell.parameters(), lr=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        cell.transform()(torch.randn(3, 2, 3, 3)).pow(2).sum().backward()
+        optimizer.step()
+    assert (cell.w1[:, first == 0] == 0).all() and (cell.w2[:, second == 0] == 0).all()
+    assert (cell.w2[:, second == 1] != 0).any()  # the unmasked weights did move
+    # ... and computes what multiplying by the masks computes, value and gradient.
+    z = torch.randn(3, 2, 3, 3)
+    weights = [p.detach().clone().requires_grad_() for p in (cell.w1, cell.b1, cell.w2, cell.b2)]
+    plain = flows._conditioner(tuple(weights), (first, second), 3.0)(z)
+    skipped = flows._conditioner(tuple(weights), (first, second), 3.0, zero_outside=True)(z)
+    assert all(torch.equal(a, b) for a, b in zip(plain, skipped, strict=True))
+    grads = [torch.autograd.grad(sum(o.sum() for o in out), weights) for out in (plain, skipped)]
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+
+
+def test_take_rows_returns_the_tensor_itself_for_all_rows():
+    tensor = torch.arange(12.0).view(4, 3)
+    assert take_rows(tensor, slice(None)) is tensor
+    assert take_rows(tensor, slice(0, 4)) is tensor
+    assert torch.equal(take_rows(tensor, slice(1, 3)), tensor[1:3])
+    assert torch.equal(take_rows(tensor, torch.tensor([3, 0, 3])), tensor[[3, 0, 3]])

@@ -15,7 +15,14 @@ from lvmtoolkit.core.posterior import (
     Posterior,
 )
 from lvmtoolkit.core.refiner import CheckpointCallback, RefineCall, Refiner, RefineResult
-from lvmtoolkit.core.runtime import frozen, resolve_device, seeded, set_threads, stream_seed
+from lvmtoolkit.core.runtime import (
+    frozen,
+    resolve_device,
+    seeded,
+    set_threads,
+    stream_seed,
+    take_rows,
+)
 from lvmtoolkit.core.training import train
 
 __all__ = [
@@ -47,5 +54,6 @@ __all__ = [
     "seeded",
     "set_threads",
     "stream_seed",
+    "take_rows",
     "train",
 ]

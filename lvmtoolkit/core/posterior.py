@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from lvmtoolkit.core.elbo import DATA_PLATE
+from lvmtoolkit.core.runtime import take_rows
 from lvmtoolkit.errors import LvmError
 
 GaussianParams = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -316,7 +317,8 @@ class LocalGaussianPosterior(LocalPosterior, GaussianPosterior):
     def local_guide(self, x: torch.Tensor, index: slice | torch.Tensor) -> None:
         with pyro.plate(DATA_PLATE, x.shape[0]):
             for name in self.loc:
-                loc, scale = self.loc[name][index], self.log_scale[name][index].exp()
+                loc = take_rows(self.loc[name], index)
+                scale = take_rows(self.log_scale[name], index).exp()
                 pyro.sample(
                     name,
                     dist.Normal(loc, scale, validate_args=False).to_event(loc.dim() - 1),

@@ -74,6 +74,19 @@ def mask_rows(mask: torch.Tensor | None, part: slice, x: torch.Tensor) -> torch.
     return mask[part] if mask is not None and mask.dim() == x.dim() else mask
 
 
+def take_rows(tensor: torch.Tensor, index: slice | torch.Tensor) -> torch.Tensor:
+    """``tensor[index]``, or ``tensor`` itself when ``index`` is a slice over all its rows.
+
+    Indexing a parameter with a full slice is a view whose backward pass still allocates a
+    zero gradient of the parameter's size and copies into it; per-datapoint parameters
+    (flows above all) are the largest tensors of a refinement step, so the common
+    one-chunk case skips that.
+    """
+    if isinstance(index, slice) and index.indices(tensor.shape[0]) == (0, tensor.shape[0], 1):
+        return tensor
+    return tensor[index]
+
+
 def set_threads(threads: int | None) -> None:
     """Set torch's intra-op thread count (None keeps torch's default)."""
     if threads is None:

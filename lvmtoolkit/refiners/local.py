@@ -30,6 +30,7 @@ from lvmtoolkit.core.posterior import (
     LocalPosterior,
     Posterior,
 )
+from lvmtoolkit.core.runtime import take_rows
 from lvmtoolkit.errors import LvmError
 from lvmtoolkit.flows import BatchedAutoregressiveCell, GaussianFlow
 
@@ -79,7 +80,8 @@ class LocalFlowPosterior(LocalPosterior):
     def local_guide(self, x: torch.Tensor, index: slice | torch.Tensor) -> None:
         with pyro.plate(DATA_PLATE, x.shape[0]):
             for site in self.loc:
-                loc, log_scale = self.loc[site][index], self.log_scale[site][index]
+                loc = take_rows(self.loc[site], index)
+                log_scale = take_rows(self.log_scale[site], index)
                 base = dist.Normal(loc, log_scale.exp(), validate_args=False)
                 base = base.to_event(loc.dim() - 1)
                 steps = [cell.transform(index) for cell in self.flows[site]]

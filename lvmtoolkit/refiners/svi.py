@@ -186,7 +186,9 @@ class SVIRefiner(Refiner):
             pyro.validation_enabled(False),
         ):
             for step in range(1, o.steps + 1):
-                optimizer.zero_grad(set_to_none=False)
+                # None, not zeros: the first backward pass then hands its gradient over
+                # instead of adding it to a zeroed copy (a pass over every parameter).
+                optimizer.zero_grad(set_to_none=True)
                 for part in parts:
                     loss = self._loss(
                         model, local.rows(part), x[part], mask_rows(mask, part, x), stl
@@ -195,7 +197,9 @@ class SVIRefiner(Refiner):
                     loss.where(finite, torch.zeros_like(loss)).sum().backward()
                     trace[step - 1, part] = loss.detach().where(finite, math.inf).cpu()
                 for param in params:
-                    if param.grad is not None:
+                    if param.grad is None:  # unused this step: a zero gradient, as before
+                        param.grad = torch.zeros_like(param)
+                    else:
                         torch.nan_to_num_(param.grad, nan=0.0, posinf=0.0, neginf=0.0)
                 if o.clip_norm > 0:
                     clip_per_datapoint(params, o.clip_norm)

@@ -38,6 +38,7 @@ from lvmtoolkit import (
     GaussianPosterior,
     LocalPosterior,
     LvmError,
+    take_rows,
 )
 
 
@@ -234,7 +235,10 @@ class NVAELocalPosterior(LocalPosterior):
             def sampler(i: int, state: torch.Tensor) -> torch.Tensor:
                 name = model.groups[i].name
                 feature = getattr(self.features, name)[index]
-                offsets = (self.offset_loc[name][index], self.offset_log_scale[name][index])
+                offsets = (
+                    take_rows(self.offset_loc[name], index),
+                    take_rows(self.offset_log_scale[name], index),
+                )
                 flows = (
                     [cell.transform(index) for cell in self.flows[name]]
                     if name in self.flows
