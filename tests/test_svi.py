@@ -6,6 +6,7 @@ from lvmtoolkit.core.runtime import stream_seed
 from lvmtoolkit.errors import LvmError, OptionError
 from lvmtoolkit.metrics import nelbo
 from lvmtoolkit.refiners import AmortizedRefiner, SVIRefiner
+from lvmtoolkit.refiners.svi import zero_non_finite
 
 
 def test_svi_lowers_nelbo_of_every_datapoint(tiny_vae, digits):
@@ -209,3 +210,21 @@ def test_optimisation_noise_is_not_the_evaluation_noise_of_the_same_seed(tiny_va
     torch.testing.assert_close(result.trace[0], same_stream)  # the loss is that NELBO
     evaluation = nelbo(tiny_vae, start, digits, num_samples=1, seed=0)
     assert (result.trace[0] - evaluation).abs().min() > 1e-4
+
+
+def test_zero_non_finite_zeroes_exactly_the_non_finite_elements():
+    big = torch.full((3,), 3e38)  # finite elements whose sum overflows: nothing changes
+    params = [torch.zeros(2, 2, requires_grad=True) for _ in range(4)]
+    params[0].grad = torch.tensor([[1.0, float("nan")], [float("inf"), -2.0]])
+    params[1].grad = torch.tensor([[-float("inf"), 5.0], [6.0, 7.0]])
+    params[2].grad = None
+    params[3].grad = torch.stack([big[:2], big[1:]])
+    zero_non_finite(params)
+    assert torch.equal(params[0].grad, torch.tensor([[1.0, 0.0], [0.0, -2.0]]))
+    assert torch.equal(params[1].grad, torch.tensor([[0.0, 5.0], [6.0, 7.0]]))
+    assert torch.equal(params[2].grad, torch.zeros(2, 2))
+    assert torch.equal(params[3].grad, torch.full((2, 2), 3e38))
+    finite = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    params[0].grad = finite.clone()
+    zero_non_finite(params[:1])
+    assert torch.equal(params[0].grad, finite)

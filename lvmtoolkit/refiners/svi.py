@@ -196,11 +196,7 @@ class SVIRefiner(Refiner):
                     finite = torch.isfinite(loss)
                     loss.where(finite, torch.zeros_like(loss)).sum().backward()
                     trace[step - 1, part] = loss.detach().where(finite, math.inf).cpu()
-                for param in params:
-                    if param.grad is None:  # unused this step: a zero gradient, as before
-                        param.grad = torch.zeros_like(param)
-                    else:
-                        torch.nan_to_num_(param.grad, nan=0.0, posinf=0.0, neginf=0.0)
+                zero_non_finite(params)
                 if o.clip_norm > 0:
                     clip_per_datapoint(params, o.clip_norm)
                 optimizer.step()
@@ -309,6 +305,23 @@ def rate_groups(
         scale = dimension_scale(dimension) if o.lr_scaling == "dimension" else 1.0
         groups.setdefault(o.lr * factor * scale, []).append(p)
     return [{"params": group, "lr": rate} for rate, group in groups.items()]
+
+
+def zero_non_finite(params: list[torch.Tensor]) -> None:
+    """Give every parameter a gradient, with its non-finite elements zeroed.
+
+    A parameter without one this step gets zeros. The sums of the gradients are checked
+    first, in one reduction: a sum is finite whenever all its elements are (an overflowing
+    sum only costs a needless pass), and the element-wise pass, which reads and writes
+    every gradient, runs only when one is not.
+    """
+    for param in params:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+    grads = [param.grad for param in params]
+    if grads and not bool(torch.isfinite(torch.stack([g.sum() for g in grads]).sum())):
+        for grad in grads:
+            torch.nan_to_num_(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def clip_per_datapoint(params: list[torch.Tensor], max_norm: float) -> None:
