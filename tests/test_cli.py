@@ -4,6 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from lvmtoolkit.cli import cli
+from lvmtoolkit.cli.refine import _backend_defaults
 
 
 def run(*args):
@@ -67,6 +68,20 @@ def test_refine_amortized_refiner_has_only_the_amortized_row():
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["results"]["test"]["steps"] == {}
+
+
+def test_refine_defaults_are_the_backends():
+    # The NVAE declares smaller defaults (its steps cost ~70x the VAE's); given values win.
+    assert _backend_defaults("vae", None, None, None) == ([1, 10, 100, 1000], 1000)
+    assert _backend_defaults("nvae", None, None, None) == ([1, 10, 100], 100)
+    assert _backend_defaults("nvae-flow", None, [5], 7) == ([5], 7)
+    assert _backend_defaults("nvae", "my_vae.py:build", None, None) == ([1, 10, 100, 1000], 1000)
+    result = run(
+        "refine", "--backend", "nvae", "--refiner", "amortized", "--split", "test",
+        "--eval-samples", "1", "--threads", "1", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["results"]["test"]["num_images"] == 100
 
 
 def test_train_writes_a_loadable_checkpoint(tmp_path):

@@ -20,7 +20,11 @@ from lvmtoolkit.cli.jobs import input_options, is_job, output_options
 from lvmtoolkit.cli.jobs import run_refine as run_job
 
 
-def parse_int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+def parse_int_list(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> list[int] | None:
+    if value is None:
+        return None
     try:
         numbers = sorted({int(part) for part in value.split(",") if part.strip()})
     except ValueError:
@@ -60,10 +64,10 @@ def register(cli: click.Group) -> None:
 )
 @click.option(
     "--steps",
-    default="1,10,100,1000",
-    show_default=True,
+    default=None,
     callback=parse_int_list,
-    help="Step counts at which to report the NELBO; the refiner runs to the largest.",
+    help="Step counts at which to report the NELBO; the refiner runs to the largest. "
+    "Default: the backend's (1,10,100,1000; nvae and nvae-flow: 1,10,100).",
 )
 @data_options
 @click.option(
@@ -77,9 +81,9 @@ def register(cli: click.Group) -> None:
 @click.option(
     "--num-images",
     type=click.IntRange(min=1),
-    default=1000,
-    show_default=True,
-    help="Images per split: the first N of the split.",
+    default=None,
+    help="Images per split: the first N of the split. Default: the backend's (1000; nvae "
+    "and nvae-flow: 100, whose steps cost ~70x the VAE's); with --data, all of it.",
 )
 @click.option(
     "--eval-samples",
@@ -104,11 +108,11 @@ def refine(
     checkpoint: str | None,
     refiner: str,
     options: tuple[str, ...],
-    steps: list[int],
+    steps: list[int] | None,
     dataset: str,
     data_dir: str | None,
     splits: list[str],
-    num_images: int,
+    num_images: int | None,
     eval_samples: int,
     eval_seed: int,
     data: tuple[str, ...],
@@ -150,6 +154,7 @@ def refine(
       lvm refine --data digits.npy --steps 10,100 --output out/ --iwae-samples 1000
       torchrun --nproc-per-node 4 -m lvmtoolkit refine --data big.npy --output out/
     """
+    steps, num_images = _backend_defaults(backend, model_spec, steps, num_images)
     if is_job(output, data, model_spec):
         return run_job(
             backend=backend,
@@ -212,6 +217,20 @@ def refine(
         click.echo(dump_json(rendered))
     else:
         _print_table(rendered, splits)
+
+
+def _backend_defaults(
+    backend: str, model_spec: str | None, steps: list[int] | None, num_images: int | None
+) -> tuple[list[int], int]:
+    """``--steps`` and ``--num-images`` as given, else the backend's declared defaults."""
+    from lvmtoolkit.core.model import Model
+    from lvmtoolkit.plugins import get_backend
+
+    model_class = Model if model_spec is not None else get_backend(backend)
+    return (
+        steps if steps is not None else list(model_class.refine_steps),
+        num_images if num_images is not None else model_class.refine_num_images,
+    )
 
 
 def _print_table(report: dict[str, Any], splits: list[str]) -> None:
