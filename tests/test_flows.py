@@ -221,6 +221,9 @@ def test_per_datapoint_weights_stay_zero_outside_their_masks():
     cell.load_state_dict(state)
     assert (cell.w1[:, first == 0] == 0).all() and (cell.w2[:, second == 0] == 0).all()
     assert torch.equal(cell.w1, state["w1"] * first)
+    parent = torch.nn.ModuleDict({"site": torch.nn.ModuleList([cell])})  # as results load
+    parent.load_state_dict({f"site.0.{k}": v for k, v in state.items()})
+    assert torch.equal(cell.w2, state["w2"] * second)
     optimizer = torch.optim.Adam(cell.parameters(), lr=0.1)
     for _ in range(3):
         optimizer.zero_grad()
