@@ -68,3 +68,27 @@ def test_svi_improves_every_datapoint(bundled_gmvae, mnist5k_test_images):
     result = SVIRefiner(steps=1000).refine(bundled_gmvae, x)
     after = nelbo(bundled_gmvae, result.posterior, x, num_samples=100, seed=3)
     assert (after < before).all(), (after - before).max()
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_mixture_prior_log_prob_matches_mixture_same_family(trained, bundled_gmvae):
+    # The prior scores by matrix products; it must equal torch's broadcast computation,
+    # in value and in gradient (training learns the components through it).
+    torch.manual_seed(0)
+    model = bundled_gmvae if trained else GMVAE(GMVAEConfig(components=7, latent_dim=3))
+    d = model.config.latent_dim
+    z = (3 * torch.randn(50, d)).requires_grad_()
+    params = [z, model.prior_loc, model.prior_raw_scale]
+    fast = model.prior(50, z)
+    assert type(fast).__name__ == "DiagonalGaussianMixture" and fast.batch_shape == (50,)
+    slow_parts = model.prior(50, z)
+    slow = pyro.distributions.MixtureSameFamily(
+        slow_parts.mixture_distribution, slow_parts.component_distribution
+    )
+    value, reference = fast.log_prob(z), slow.log_prob(z)
+    assert torch.allclose(value, reference, rtol=1e-5, atol=1e-4)
+    grads = torch.autograd.grad(value.sum(), params)
+    expected = torch.autograd.grad(reference.sum(), params)
+    for got, want in zip(grads, expected, strict=True):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert fast.sample().shape == (50, d)
