@@ -106,7 +106,6 @@ class DiagonalGaussianMixture(dist.MixtureSameFamily):
             + (loc.pow(2) * precision).sum(-1)
         )
         log_norm = scale.log().sum(-1) + 0.5 * loc.shape[-1] * math.log(2 * math.pi)
-        weights = self.mixture_distribution.logits[index].double()
-        weights = weights - weights.logsumexp(-1)
+        weights = self.mixture_distribution.logits[index].double()  # normalised by Categorical
         log_p = torch.logsumexp(weights - log_norm - 0.5 * squared, dim=-1)
         return log_p.to(value.dtype)
