@@ -97,3 +97,14 @@ def test_gaps_figure_script_draws_the_figure(tmp_path):
         [sys.executable, str(ROOT / "scripts" / "gaps_figure.py"), "--out", str(out)], check=True
     )
     assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_restoration_tables_are_the_run_jsons():
+    # The results page's tables are generated from the runs' JSON beside it; an edit by hand
+    # or a new run without regenerating fails here.
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "restoration_tables.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr

@@ -1,0 +1,134 @@
+"""Rewrite the tables of docs/results/restoration.md from the run JSONs beside it.
+
+Every ``docs/results/restoration-*.json`` written by ``lvm evaluate inpaint|denoise --json``
+contributes its rows; the page's tables (between the ``<!-- tables:start -->`` and
+``<!-- tables:end -->`` markers) are regenerated from them, so no number is typed by hand.
+Two runs that score the same backend, kind, method and refiner are refused: which one the
+page shows would otherwise depend on file order.
+
+Usage:
+    python scripts/restoration_tables.py [--check]
+
+With ``--check`` the page is not written; the script fails if it is out of date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+PAGE = RESULTS / "restoration.md"
+START, END = "<!-- tables:start -->", "<!-- tables:end -->"
+
+SECTIONS = [
+    ("denoise", "gaussian:variance=0.5", "Denoising, Gaussian noise of variance 0.5, clipped"),
+    ("denoise", "salt-pepper:rate=0.2", "Denoising, salt-and-pepper 20%"),
+    ("inpaint", "centre", "Inpainting, the centre 14x14 square missing"),
+    ("inpaint", "half", "Inpainting, the bottom half missing"),
+]
+FLAGS = {
+    "gaussian:variance=0.5": "--noise gaussian:variance=0.5",
+    "salt-pepper:rate=0.2": "--noise salt-pepper:rate=0.2",
+    "centre": "--masks centre",
+    "half": "--masks half",
+}
+BACKENDS = ["vae", "gmvae", "nvae", "nvae-flow"]
+METHODS = ["conditional", "importance", "mwg", "pseudo-gibbs"]
+REFINERS = ["amortized", "svi", "svi-flow"]
+
+
+def canonical_kind(run: dict, kind: str) -> str:
+    """``gaussian`` and ``gaussian:variance=0.5`` name one noise model: use the spec as run."""
+    if run["task"] == "inpaint":
+        return kind
+    spec = run["kinds"][kind].split(" ")[0]  # e.g. "gaussian:variance=0.5,clip=true (...)"
+    name, _, params = spec.partition(":")
+    kept = [p for p in params.split(",") if p and p != "clip=true"]
+    return f"{name}:{','.join(kept)}" if kept else name
+
+
+def collect(paths: list[Path]) -> tuple[dict, dict]:
+    rows: dict[tuple, tuple[int, dict, str]] = {}
+    corrupted: dict[tuple, tuple[int, dict]] = {}
+    for path in paths:
+        run = json.loads(path.read_text())
+        if "task" not in run:
+            continue  # not an `lvm evaluate` run (e.g. the defaults benchmark)
+        images = int(run["protocol"]["images"].split()[1])
+        for backend, kinds in run["results"].items():
+            for kind, result in kinds.items():
+                key = (run["task"], canonical_kind(run, kind), backend)
+                corrupted.setdefault(key, (images, result["corrupted"]))
+                for method, refiners in result["methods"].items():
+                    for refiner, scores in refiners.items():
+                        row = (*key, method, refiner)
+                        if row in rows:
+                            sys.exit(f"{path.name} and {rows[row][2]} both score {row}")
+                        rows[row] = (images, scores, path.name)
+    return rows, corrupted
+
+
+def number(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def table(task: str, kind: str, rows: dict, corrupted: dict) -> list[str]:
+    lines = [
+        "| backend | images | method | refiner | SSIM ↑ | NLL ↓ | FID ↓ | s / image |",
+        "|---|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for backend in BACKENDS:
+        if (task, kind, backend) not in corrupted:
+            continue
+        images, scores = corrupted[(task, kind, backend)]
+        lines.append(
+            f"| {backend} | {images} | *(corrupted input)* | | {scores['ssim']:.3f} ± "
+            f"{scores['ssim_sem']:.3f} | | {number(scores.get('fid'), 1)} | |"
+        )
+        for method in METHODS:
+            for refiner in REFINERS:
+                found = rows.get((task, kind, backend, method, refiner))
+                if found is None:
+                    continue
+                images, s, _ = found
+                nll = f"{s['nll']:.1f} ± {s['nll_sem']:.1f}" if s.get("nll") is not None else ""
+                lines.append(
+                    f"| {backend} | {images} | {method} | {refiner} | {s['ssim']:.3f} ± "
+                    f"{s['ssim_sem']:.3f} | {nll} | {number(s.get('fid'), 1)} | "
+                    f"{s['seconds_per_image']:.3f} |"
+                )
+    return lines
+
+
+def render(rows: dict, corrupted: dict) -> str:
+    out: list[str] = []
+    for task, kind, title in SECTIONS:
+        out += [f"## {title} (`{FLAGS[kind]}`)", ""]
+        out += table(task, kind, rows, corrupted)
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if the page is out of date")
+    args = parser.parse_args()
+    rows, corrupted = collect(sorted(RESULTS.glob("restoration-*.json")))
+    page = PAGE.read_text()
+    if START not in page or END not in page:
+        sys.exit(f"{PAGE} has no {START} ... {END} markers")
+    head, rest = page.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{START}\n\n{render(rows, corrupted)}\n{END}{tail}"
+    if args.check:
+        if new != page:
+            sys.exit(f"{PAGE} is out of date: run python scripts/restoration_tables.py")
+        return
+    PAGE.write_text(new)
+
+
+if __name__ == "__main__":
+    main()
