@@ -8,8 +8,10 @@ NELBO with S samples, an IWAE-k bound), all in one process, it measures:
   backward, counted by ``torch.utils.flop_counter.FlopCounterMode`` (elementwise work is
   not counted: on these models it is memory-bound and small);
 * **achieved FLOP/s**: those FLOPs over the workload's measured time (a refiner step's
-  time is its marginal cost, ``(time(2K steps) - time(K steps)) / K``, so set-up and
-  keep-best scoring cancel; everything else a step does, the optimiser included, counts);
+  time is taken inside one run, over spans of K steps between checkpoint callbacks, with
+  the keep-best scoring at a span's end timed and taken off (``step_timing.py``), so
+  set-up and scoring stay out; everything else a step does, the optimiser included,
+  counts);
 * **attainable FLOP/s**: the same FLOPs over the time of the workload's own matmuls and
   convolutions *replayed alone*: every ``mm``/``addmm``/``bmm``/``convolution`` (and its
   backward) the workload ran is recorded with its shapes and re-run in a tight loop on
@@ -40,6 +42,7 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
+from step_timing import step_seconds
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
@@ -184,19 +187,9 @@ def refiner_step(name: str, model: lvm.Model, x: torch.Tensor, steps: int, repea
     # One selection sample: the step is unchanged and the fixed keep-best scoring, which
     # the marginal estimate below must cancel, is 16x smaller (less noise).
     refiner = get_refiner(name)(steps=steps, select_samples=1)
-
-    def run(k: int) -> float:
-        r = refiner.with_options(steps=k)
-        start = time.perf_counter()
-        r.refine(model, x)
-        return time.perf_counter() - start
-
-    run(1)
-    marginal = []
-    for _ in range(repeats):
-        short, long = run(steps), run(2 * steps)
-        marginal.append((long - short) / steps)
-    seconds = max(statistics.median(marginal), 1e-9)
+    refiner.with_options(steps=1).refine(model, x)  # warm-up
+    spans = [s for _ in range(repeats) for s in step_seconds(refiner, model, x, steps, 2)]
+    seconds = max(statistics.median(spans), 1e-9)
     # FLOPs and dense ops of `steps` extra steps, counted the same way (2K minus K).
     counts = []
     recorders = []

@@ -1,0 +1,56 @@
+"""Seconds per step of an iterative refiner, timed inside one run.
+
+Shared by the benchmarks. A refiner's steps are timed in spans of K steps between two of its
+checkpoint callbacks, so its fixed costs (building the per-datapoint posterior, scoring the
+start) stay out without subtracting two separate runs, whose noise on this kind of machine
+was as large as the difference. A span still holds the keep-best scoring at its end; the
+callback scores the posterior it is handed the same way (same samples, chunks and family),
+times that, and takes it off the next span.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from lvmtoolkit.core.nelbo import nelbo
+
+
+def step_seconds(refiner, model, x: torch.Tensor, steps: int, windows: int) -> list[float]:
+    """Seconds per step in each of ``windows`` spans of ``steps`` steps of one run.
+
+    Args:
+        refiner: An iterative refiner (``svi``-like: ``select_samples``, ``chunk_size``).
+        model: The model, frozen by the caller.
+        x: The batch.
+        steps: K, the steps per span.
+        windows: Spans timed.
+
+    Returns:
+        One value per span.
+    """
+    o = refiner.options
+    marks = [steps * w for w in range(windows + 1)]
+    spans: list[float] = []
+    last: dict[str, float] = {}
+
+    def on_checkpoint(step: int, posterior) -> None:
+        now = time.perf_counter()
+        if "end" in last:
+            spans.append((now - last["end"] - last["scoring"]) / steps)
+        start = time.perf_counter()
+        nelbo(
+            model,
+            posterior,
+            x,
+            num_samples=o.select_samples,
+            chunk_size=o.chunk_size,
+            analytic_kl=o.analytic_kl,
+        )
+        last["scoring"] = time.perf_counter() - start
+        last["end"] = time.perf_counter()
+
+    run = refiner.with_options(steps=steps * windows)
+    run.refine(model, x, checkpoints=marks, on_checkpoint=on_checkpoint)
+    return spans
