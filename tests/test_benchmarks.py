@@ -14,8 +14,19 @@ BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 @pytest.mark.parametrize(
     "args",
     [
-        ["refine_throughput.py", "--num", "64", "--steps", "2", "--single", "2"]
-        + ["--repeats", "1", "--windows", "2"],
+        [
+            "refine_throughput.py",
+            "--num",
+            "64",
+            "--steps",
+            "2",
+            "--single",
+            "2",
+            "--repeats",
+            "1",
+            "--windows",
+            "2",
+        ],
         ["roofline.py", "--backends", "vae,pyrovae", "--threads", "1", "--quick"],
     ],
     ids=["refine_throughput", "roofline"],
