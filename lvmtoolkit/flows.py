@@ -78,8 +78,16 @@ def image_shape(event_shape: tuple[int, ...]) -> tuple[int, int, int]:
 def _cpu_masks(channels: int, hidden: int, kernel_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     k, c = kernel_size, kernel_size // 2
     in_degree = torch.arange(channels)
-    # MADE: hidden units take degrees 0..C-2, so every unit feeds some output channel.
-    hidden_degree = torch.arange(hidden) % max(channels - 1, 1)
+    # MADE: hidden units take degrees 0..C-2, so every unit feeds some output channel; a
+    # layer narrower than that spreads its degrees from 0 to C-2, so that every input still
+    # reaches an output and every output but the first still sees an input.
+    top = max(channels - 1, 1)
+    if hidden >= top:
+        hidden_degree = torch.arange(hidden) % top
+    elif hidden == 1:
+        hidden_degree = torch.zeros(1, dtype=torch.long)
+    else:
+        hidden_degree = torch.arange(hidden) * (top - 1) // (hidden - 1)
     out_degree = torch.arange(channels).repeat(2)  # shift and log-scale of each channel
     before_centre = torch.zeros(k * k)
     before_centre[: c * k + c] = 1.0  # kernel taps strictly before the centre, raster order

@@ -28,8 +28,9 @@ BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
             "2",
         ],
         ["roofline.py", "--backends", "vae,pyrovae", "--threads", "1", "--quick"],
+        ["flat_flow_cost.py", "--threads", "1", "--num", "32", "--steps", "1", "--repeats", "1"],
     ],
-    ids=["refine_throughput", "roofline"],
+    ids=["refine_throughput", "roofline", "flat_flow_cost"],
 )
 def test_benchmark_runs(args):
     done = subprocess.run(

@@ -116,6 +116,24 @@ def test_masks_shapes_and_strictness():
         autoregressive_masks(3, 5, 2)
 
 
+@pytest.mark.parametrize("hidden", [3, 8, 49, 200])
+def test_every_input_reaches_a_later_output_however_narrow_the_layer(hidden):
+    first, second = (m[:, :, 0, 0] for m in autoregressive_masks(50, hidden, 1))
+    reach = second @ first  # (2C, C): paths from input j to the shift/log-scale of channel i
+    reach = reach[:50] + reach[50:]
+    assert torch.count_nonzero(reach.triu()) == 0  # strictly autoregressive
+    assert (reach.sum(dim=0)[:-1] > 0).all()  # every input but the last feeds some output
+    if hidden > 1:
+        assert (reach.sum(dim=1)[1:] > 0).all()  # every output but the first sees some input
+
+
+def test_masks_of_wide_layers_are_unchanged_by_the_narrow_rule():
+    # degrees 0..C-2 repeated: what every existing checkpoint's cells were built with
+    first, _ = autoregressive_masks(10, 40, 1)
+    degrees = first[:, :, 0, 0].sum(dim=1) - 1
+    assert torch.equal(degrees, (torch.arange(40) % 9).float())
+
+
 def test_identity_cells_start_as_the_identity():
     cell = BatchedAutoregressiveCell.identity(4, (3, 5, 5), 6, reverse=True)
     step = cell.transform()

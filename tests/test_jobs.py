@@ -399,3 +399,19 @@ def test_a_job_over_a_registered_dataset_takes_the_first_images_of_each_split(tm
     # Shard 1 holds rows 4-5 (train/1, train/2), binarised as one batch by the model.
     train = lvm.get_dataset("mnist-5k")().load("train").images
     assert torch.equal(results.data()[4:], results.model.evaluation_data(train[1:3]))
+
+
+def test_results_rebuild_flat_flows_at_the_width_they_were_saved_with():
+    from lvm_vae.model import VAE, VAEConfig
+
+    from lvmtoolkit.jobs.results import build_posterior_skeleton
+
+    model = VAE(VAEConfig(hidden=(8,), latent_dim=50)).eval()
+    builder = {"structure": "hierarchical", "num_flows": 1, "flow_hidden": 4}
+    # saved before flat flows were narrowed: no entry, the full width of 4 per dimension
+    assert build_posterior_skeleton(model, builder, 2).flows["z"][0].w1.shape[1] == 200
+    narrowed = build_posterior_skeleton(model, {**builder, "max_flat_weights": 1200}, 2)
+    assert narrowed.flows["z"][0].w1.shape[1] == 8
+    # a refiner without the option used make_local_posterior's default
+    default = build_posterior_skeleton(model, {**builder, "max_flat_weights": None}, 2)
+    assert default.flows["z"][0].w1.shape[1] == 8

@@ -214,6 +214,20 @@ def test_learning_rates_follow_fan_in_and_dimension(tiny_vae, digits):
     assert rate[id(cell.w2)] == pytest.approx(0.05 * 0.3 / cell.w2[0, 0].numel())
 
 
+def test_flat_flow_steps_are_narrowed_to_the_weight_limit():
+    from lvmtoolkit.refiners.local import DEFAULT_MAX_FLAT_WEIGHTS, flat_flow_hidden
+
+    assert flat_flow_hidden(10, 4, DEFAULT_MAX_FLAT_WEIGHTS) == 40  # the bundled VAE: unchanged
+    assert flat_flow_hidden(50, 4, DEFAULT_MAX_FLAT_WEIGHTS) == 8  # not 200
+    assert flat_flow_hidden(2000, 4, DEFAULT_MAX_FLAT_WEIGHTS) == 1  # at least one unit
+    params = {"z": (torch.zeros(3, 50), torch.ones(3, 50)), "img": (torch.zeros(3, 2, 4, 4),) * 2}
+    local = LocalFlowPosterior(params, num_flows=2)
+    assert local.flows["z"][0].w1.shape == (3, 8, 50, 1, 1)
+    assert local.flows["img"][0].w1.shape[1] == 8  # image latents: 4 per channel, not narrowed
+    wide = LocalFlowPosterior(params, num_flows=1, max_flat_weights=10**9)
+    assert wide.flows["z"][0].w1.shape[1] == 200
+
+
 def test_options_are_validated():
     with pytest.raises(OptionError, match="structure"):
         SVIFlowRefiner(structure="tree")

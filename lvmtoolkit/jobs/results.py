@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -239,6 +240,10 @@ def build_posterior_skeleton(model: Model, builder: dict[str, Any], n: int) -> P
     """A local posterior of ``n`` datapoints of the family the manifest names."""
     from lvmtoolkit.core.runtime import frozen
     from lvmtoolkit.refiners import make_local_posterior
+    from lvmtoolkit.refiners.local import DEFAULT_MAX_FLAT_WEIGHTS
+
+    # Results saved before flat flows were narrowed have no entry: they had no limit.
+    max_flat_weights = builder.get("max_flat_weights", sys.maxsize)
 
     x = torch.zeros(n, *model.data_shape, device=model.device)
     with frozen(model):
@@ -248,6 +253,9 @@ def build_posterior_skeleton(model: Model, builder: dict[str, Any], n: int) -> P
             structure=builder["structure"],
             num_flows=builder["num_flows"],
             flow_hidden=builder["flow_hidden"],
+            max_flat_weights=(
+                DEFAULT_MAX_FLAT_WEIGHTS if max_flat_weights is None else int(max_flat_weights)
+            ),
         )
 
 

@@ -135,6 +135,8 @@ class RefineJob:
             "structure": getattr(o, "structure", "hierarchical"),
             "num_flows": int(getattr(o, "num_flows", 0)),
             "flow_hidden": int(getattr(o, "flow_hidden", 4)),
+            # None: the refiner has no such option and used make_local_posterior's default.
+            "max_flat_weights": getattr(o, "max_flat_weights", None),
         }
 
     def definition(self) -> dict[str, Any]:

@@ -37,6 +37,37 @@ from lvmtoolkit.flows import BatchedAutoregressiveCell, GaussianFlow
 STRUCTURES = ("hierarchical", "mean-field")
 
 
+DEFAULT_MAX_FLAT_WEIGHTS = 1200
+"""Per-datapoint weights of one identity-initialised flow step on a flat latent, at most.
+
+A flow step's weights differ per datapoint, so unlike a decoder's they are not reused across
+the batch: each one is read, differentiated and updated by the optimiser on every step, and
+a batch's steps outgrow the caches once they hold tens of thousands of numbers per
+datapoint. The bundled VAE's 10-dimensional latent keeps its full width (3 * 40 * 10 =
+1,200); a 50-dimensional one gets 8 hidden units instead of 200. Measured in
+docs/benchmarks.md.
+"""
+
+
+def flat_flow_hidden(dimension: int, flow_hidden: int, max_weights: int) -> int:
+    """Hidden width of an identity-initialised flow step on a flat latent.
+
+    ``flow_hidden`` units per latent dimension, narrowed so that the step's two weight
+    matrices (``hidden x D`` and ``2D x hidden``) hold at most ``max_weights`` numbers, and
+    at least one unit.
+
+    Args:
+        dimension: The latent's dimension D.
+        flow_hidden: Hidden units per latent dimension before narrowing.
+        max_weights: Most weights per datapoint in the step.
+
+    Returns:
+        The hidden width.
+    """
+    dimension = max(dimension, 1)
+    return max(1, min(flow_hidden * dimension, max_weights // (3 * dimension)))
+
+
 class LocalFlowPosterior(LocalPosterior):
     """Per-datapoint Gaussians per site, each followed by per-datapoint IAF steps.
 
@@ -49,13 +80,23 @@ class LocalFlowPosterior(LocalPosterior):
         num_flows: Flow steps per site (at least 1).
         flow_hidden: Hidden channels of each step per latent channel.
         seed: Seed of the steps' random first layers.
+        max_flat_weights: On a flat latent of D dimensions, a step's hidden layer is
+            narrowed (to at least one unit) so that its two weight matrices, ``3 * hidden *
+            D`` numbers, stay within this many per datapoint (see `flat_flow_hidden`).
 
     References:
         Kingma et al., "Improved Variational Inference with Inverse Autoregressive Flow",
         NeurIPS 2016.
     """
 
-    def __init__(self, params: GaussianParams, num_flows: int, flow_hidden: int = 4, seed: int = 0):
+    def __init__(
+        self,
+        params: GaussianParams,
+        num_flows: int,
+        flow_hidden: int = 4,
+        seed: int = 0,
+        max_flat_weights: int = DEFAULT_MAX_FLAT_WEIGHTS,
+    ):
         if num_flows < 1 or flow_hidden < 1:
             raise LvmError(f"need num_flows >= 1 and flow_hidden >= 1 ({num_flows}, {flow_hidden})")
         super().__init__(self.batch_size_of(params))
@@ -64,12 +105,15 @@ class LocalFlowPosterior(LocalPosterior):
         flows = {}
         for site, (loc, _) in params.items():
             event_shape = tuple(loc.shape[1:])
-            channels = event_shape[0] if len(event_shape) == 3 else max(loc[0].numel(), 1)
+            if len(event_shape) == 3:
+                hidden = flow_hidden * event_shape[0]
+            else:
+                hidden = flat_flow_hidden(loc[0].numel(), flow_hidden, max_flat_weights)
             flows[site] = nn.ModuleList(
                 BatchedAutoregressiveCell.identity(
                     self.num_datapoints,
                     event_shape,
-                    flow_hidden * channels,
+                    hidden,
                     reverse=k % 2 == 1,
                     generator=generator,
                 ).to(loc.device)
@@ -96,6 +140,7 @@ def make_local_posterior(
     num_flows: int = 0,
     flow_hidden: int = 4,
     seed: int = 0,
+    max_flat_weights: int = DEFAULT_MAX_FLAT_WEIGHTS,
 ) -> LocalPosterior:
     """The per-datapoint posterior a refiner optimises, starting from ``init`` at ``x``.
 
@@ -114,6 +159,8 @@ def make_local_posterior(
             per-datapoint Gaussians (`LocalGaussianPosterior`) for mean-field.
         flow_hidden: Hidden channels per latent channel of identity-initialised steps.
         seed: Seed of those steps' random first layers.
+        max_flat_weights: Most per-datapoint weights of one such step on a flat latent
+            (see `LocalFlowPosterior`).
 
     Returns:
         A `LocalPosterior` for the datapoints of ``x``.
@@ -147,4 +194,4 @@ def make_local_posterior(
         params = {
             k: (loc.detach(), scale.detach()) for k, (loc, scale) in init.gaussian_params(x).items()
         }
-    return LocalFlowPosterior(params, num_flows, flow_hidden, seed)
+    return LocalFlowPosterior(params, num_flows, flow_hidden, seed, max_flat_weights)

@@ -32,7 +32,11 @@ import torch
 from lvmtoolkit.core.options import option
 from lvmtoolkit.core.posterior import LocalPosterior, Posterior
 from lvmtoolkit.flows import BatchedAutoregressiveCell
-from lvmtoolkit.refiners.local import LocalFlowPosterior, make_local_posterior
+from lvmtoolkit.refiners.local import (
+    DEFAULT_MAX_FLAT_WEIGHTS,
+    LocalFlowPosterior,
+    make_local_posterior,
+)
 from lvmtoolkit.refiners.svi import SVIOptions, SVIRefiner, rate_groups
 
 
@@ -60,6 +64,13 @@ class SVIFlowOptions(SVIOptions):
     )
     flow_hidden: int = option(
         4, "hidden channels per latent channel of identity-initialised flow steps", minimum=1
+    )
+    max_flat_weights: int = option(
+        DEFAULT_MAX_FLAT_WEIGHTS,
+        "most per-datapoint weights of one identity-initialised flow step on a flat latent "
+        "of D dimensions: its hidden layer is narrowed to fit (3 x hidden x D weights, at "
+        "least one unit), since per-datapoint weights are memory traffic on every step",
+        minimum=1,
     )
     flow_lr: float = option(
         0.3,
@@ -117,6 +128,7 @@ class SVIFlowRefiner(SVIRefiner):
             num_flows=o.num_flows,
             flow_hidden=o.flow_hidden,
             seed=o.seed,
+            max_flat_weights=o.max_flat_weights,
         )
 
     def _param_groups(self, local: LocalPosterior, params: list[torch.Tensor]) -> list[dict]:
