@@ -32,6 +32,7 @@ _LAZY = {
     "LocalPosterior": "lvmtoolkit.core",
     "CheckpointCallback": "lvmtoolkit.core",
     "RefineCall": "lvmtoolkit.core",
+    "model_elbo": "lvmtoolkit.core",
     "nelbo": "lvmtoolkit.core",
     "frozen": "lvmtoolkit.core",
     "seeded": "lvmtoolkit.core",

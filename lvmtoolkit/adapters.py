@@ -381,6 +381,9 @@ class TorchVAE(Model):
         pixels = self.pixel_likelihood(self.decoder(latent), latent.shape[0])
         return dist.Independent(pixels, len(self.data_shape))
 
+    def latent_prior(self, num: int, like: torch.Tensor) -> dict[str, dist.TorchDistribution]:
+        return {"z": self.prior(num, like)}  # flat: `model` draws z from it, then x
+
     def model(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         n = x.shape[0]
         with pyro.plate(DATA_PLATE, n):

@@ -206,8 +206,10 @@ def check_model(model: Model, x: torch.Tensor, *, rebuild: bool | None = None) -
 
     Checks: latent shapes and prior samples agree; ``decode`` gives batch ``(N,)`` and
     event ``data_shape``; the amortized posterior gives a finite per-datapoint ELBO with
-    and without a pixel mask, and a masked-out pixel does not change it; two ``svi`` steps
-    run and return a posterior no worse than the start; and (``rebuild``) the class
+    and without a pixel mask, and a masked-out pixel does not change it; for a model that
+    declares `Model.latent_prior`, the direct ELBO equals Pyro's (values and gradients,
+    same draws; closed-form KL, Monte-Carlo KL, sticking the landing, a mask); two ``svi``
+    steps run and return a posterior no worse than the start; and (``rebuild``) the class
     rebuilds itself from its config as checkpoints do.
 
     Args:
@@ -270,6 +272,8 @@ def check_model(model: Model, x: torch.Tensor, *, rebuild: bool | None = None) -
             torch.allclose(observed_log_prob(x), observed_log_prob(flipped)),
             "a pixel where the mask is False changes the likelihood",
         )
+    if model.latent_prior(n, x) is not None:
+        _check_direct_elbo(model, x, mask, expect)
     refiner = SVIRefiner(steps=2, select_samples=2)
     result = refiner.refine(model, x)
     # Scored with the noise svi keeps the best by: never worse than the start under it.
@@ -286,6 +290,58 @@ def check_model(model: Model, x: torch.Tensor, *, rebuild: bool | None = None) -
         ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         theirs = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
         expect(ours == theirs, "from_config(config) builds other parameters than the model's")
+
+
+def _check_direct_elbo(
+    model: Model, x: torch.Tensor, mask: torch.Tensor, expect: Callable[[bool, str], None]
+) -> None:
+    """A flat model's direct ELBO equals Pyro's, in value and gradient, for the same draws."""
+    import torch
+
+    from lvmtoolkit.core.direct_elbo import direct_elbo
+    from lvmtoolkit.core.elbo import per_datapoint_elbo
+    from lvmtoolkit.core.posterior import LocalGaussianPosterior
+    from lvmtoolkit.core.runtime import frozen
+
+    n = x.shape[0]
+    prior = model.latent_prior(n, x)
+    expect(
+        set(prior) == set(model.latent_shapes),
+        f"latent_prior gives {sorted(prior)}, not the latent sites {sorted(model.latent_shapes)}",
+    )
+    with frozen(model):
+        local = LocalGaussianPosterior.from_posterior(model.amortized_posterior(), x)
+        for label, kwargs in {
+            "closed-form KL": {"analytic_kl": True},
+            "Monte-Carlo KL": {"analytic_kl": False},
+            "sticking the landing": {"analytic_kl": False, "stl": True},
+            "a pixel mask": {"analytic_kl": True, "mask": mask},
+        }.items():
+            values, grads = [], []
+            for direct in (True, False):
+                torch.manual_seed(0)
+                if direct:
+                    mask_arg = kwargs.get("mask")
+                    options = {k: v for k, v in kwargs.items() if k != "mask"}
+                    elbo = direct_elbo(model, local, x, mask_arg, **options)
+                else:
+                    elbo = per_datapoint_elbo(model.model, local, x, **kwargs)
+                expect(elbo is not None, "latent_prior is given but the direct ELBO is not used")
+                local.zero_grad(set_to_none=True)
+                elbo.sum().backward()
+                values.append(elbo.detach())
+                grads.append([p.grad.clone() for p in local.parameters()])
+            expect(
+                torch.allclose(values[0], values[1], rtol=1e-5, atol=1e-4),
+                f"with {label}, the direct ELBO ({values[0][:3].tolist()}...) is not Pyro's "
+                f"({values[1][:3].tolist()}...): `model` is not flat as latent_prior promises",
+            )
+            expect(
+                all(
+                    torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(*grads, strict=True)
+                ),
+                f"with {label}, the direct ELBO's gradient is not Pyro's",
+            )
 
 
 class RefinerCheckError(AssertionError):

@@ -1,6 +1,7 @@
 """Core interfaces on Pyro: Model, Posterior, Refiner; ELBO, checkpoints, training."""
 
 from lvmtoolkit.core.checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
+from lvmtoolkit.core.direct_elbo import model_elbo
 from lvmtoolkit.core.elbo import DATA_PLATE, DetachedScore, per_datapoint_elbo
 from lvmtoolkit.core.model import Model, config_from_dict
 from lvmtoolkit.core.nelbo import nelbo
@@ -44,6 +45,7 @@ __all__ = [
     "describe_options",
     "frozen",
     "load_checkpoint",
+    "model_elbo",
     "nelbo",
     "option",
     "parse_options",

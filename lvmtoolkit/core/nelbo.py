@@ -6,7 +6,7 @@ from __future__ import annotations
 import pyro
 import torch
 
-from lvmtoolkit.core.elbo import per_datapoint_elbo
+from lvmtoolkit.core.direct_elbo import model_elbo
 from lvmtoolkit.core.model import Model
 from lvmtoolkit.core.posterior import Posterior
 from lvmtoolkit.core.runtime import chunks, frozen, seeded
@@ -62,8 +62,8 @@ def nelbo(
             while done < num_samples:
                 block = min(per_pass, num_samples - done)
                 index = part if block == 1 else rows.repeat(block)
-                elbo = per_datapoint_elbo(
-                    model.model,
+                elbo = model_elbo(
+                    model,
                     form.rows(index),
                     x[index],
                     mask=mask[index] if per_row_mask else mask,

@@ -100,6 +100,16 @@ class Posterior(nn.Module):
         local = self.local_posterior(x)
         return local if local is not None else self
 
+    def mean_field(self, x: torch.Tensor) -> dict[str, dist.TorchDistribution] | None:
+        """q of each latent site for the batch ``x``, when the sites are independent given x.
+
+        The distributions the guide samples from, in the guide's order, each with batch
+        shape ``(N,)`` and drawn with ``rsample``; None (the default) when the guide is not
+        that (hierarchical posteriors, flows, guides written in Pyro). Where a model is flat
+        too (`Model.latent_prior`), the ELBO is computed from these directly.
+        """
+        return None
+
     def rows(self, index: slice | torch.Tensor) -> Posterior:
         """The posterior of some datapoints of the batch, for chunked evaluation.
 
@@ -117,13 +127,26 @@ class GaussianPosterior(Posterior):
         raise NotImplementedError
 
     def guide(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
-        params = self.gaussian_params(x)
+        sites = _normal_sites(self.gaussian_params(x))
         with pyro.plate(DATA_PLATE, x.shape[0]):
-            for name, (loc, scale) in params.items():
-                pyro.sample(
-                    name,
-                    dist.Normal(loc, scale, validate_args=False).to_event(loc.dim() - 1),
-                )
+            for name, site in sites.items():
+                pyro.sample(name, site)
+
+    def mean_field(self, x: torch.Tensor) -> dict[str, dist.TorchDistribution] | None:
+        """The Gaussians of `gaussian_params`, which `guide` samples from."""
+        # A subclass with a guide of its own (one written in Pyro, a hierarchical one) may
+        # sample something else; only this guide is known to draw exactly these.
+        if type(self).guide is not GaussianPosterior.guide:
+            return None
+        return _normal_sites(self.gaussian_params(x))
+
+
+def _normal_sites(params: GaussianParams) -> dict[str, dist.TorchDistribution]:
+    """``{site: Normal(loc, scale)}`` with the site's shape as its event."""
+    return {
+        name: dist.Normal(loc, scale, validate_args=False).to_event(loc.dim() - 1)
+        for name, (loc, scale) in params.items()
+    }
 
 
 class AmortizedGaussianPosterior(GaussianPosterior):
@@ -175,6 +198,17 @@ class LocalPosterior(Posterior):
     def guide(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         self.check_batch_size(x.shape[0])
         self.local_guide(x, slice(None))
+
+    def local_mean_field(
+        self, index: slice | torch.Tensor
+    ) -> dict[str, dist.TorchDistribution] | None:
+        """`mean_field` for the rows ``index`` of the parameters; None (the default) for a
+        family whose sites are not independent given x."""
+        return None
+
+    def mean_field(self, x: torch.Tensor) -> dict[str, dist.TorchDistribution] | None:
+        self.check_batch_size(x.shape[0])
+        return self.local_mean_field(slice(None))
 
     def evaluation_form(self, x: torch.Tensor) -> LocalPosterior:
         """Itself: it already holds its parameters per datapoint."""
@@ -280,6 +314,10 @@ class LocalRows(Posterior):
         self.check_batch_size(x.shape[0])
         self._parent[0].local_guide(x, self.index)
 
+    def mean_field(self, x: torch.Tensor) -> dict[str, dist.TorchDistribution] | None:
+        self.check_batch_size(x.shape[0])
+        return self._parent[0].local_mean_field(self.index)
+
 
 class LocalGaussianPosterior(LocalPosterior, GaussianPosterior):
     """Per-datapoint diagonal Gaussians: free ``loc`` and ``log_scale`` for each datapoint.
@@ -314,12 +352,24 @@ class LocalGaussianPosterior(LocalPosterior, GaussianPosterior):
             self.check_batch_size(x.shape[0])
         return {k: (self.loc[k], self.log_scale[k].exp()) for k in self.loc}
 
-    def local_guide(self, x: torch.Tensor, index: slice | torch.Tensor) -> None:
-        with pyro.plate(DATA_PLATE, x.shape[0]):
-            for name in self.loc:
-                loc = take_rows(self.loc[name], index)
-                scale = take_rows(self.log_scale[name], index).exp()
-                pyro.sample(
-                    name,
-                    dist.Normal(loc, scale, validate_args=False).to_event(loc.dim() - 1),
+    def local_mean_field(
+        self, index: slice | torch.Tensor
+    ) -> dict[str, dist.TorchDistribution] | None:
+        # As GaussianPosterior.mean_field: a subclass's own guide may draw something else.
+        if type(self).local_guide is not LocalGaussianPosterior.local_guide:
+            return None
+        return _normal_sites(
+            {
+                name: (
+                    take_rows(self.loc[name], index),
+                    take_rows(self.log_scale[name], index).exp(),
                 )
+                for name in self.loc
+            }
+        )
+
+    def local_guide(self, x: torch.Tensor, index: slice | torch.Tensor) -> None:
+        sites = self.local_mean_field(index)
+        with pyro.plate(DATA_PLATE, x.shape[0]):
+            for name, site in sites.items():
+                pyro.sample(name, site)

@@ -7,7 +7,7 @@ import math
 import pyro
 import torch
 
-from lvmtoolkit.core.elbo import per_datapoint_elbo
+from lvmtoolkit.core.direct_elbo import model_elbo
 from lvmtoolkit.core.model import Model
 from lvmtoolkit.core.posterior import Posterior
 from lvmtoolkit.core.runtime import chunks, frozen, seeded
@@ -70,9 +70,9 @@ def iwae_bound(
             while done < num_samples:
                 block = min(per_block, num_samples - done)
                 index = rows.repeat(block)
-                log_w = per_datapoint_elbo(
-                    model.model, posterior.rows(index), x[index], analytic_kl=False
-                ).view(block, -1)
+                log_w = model_elbo(model, posterior.rows(index), x[index], analytic_kl=False).view(
+                    block, -1
+                )
                 running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
                 done += block
             result[part] = running - math.log(num_samples)

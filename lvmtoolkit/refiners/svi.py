@@ -16,7 +16,7 @@ from typing import Any
 import pyro
 import torch
 
-from lvmtoolkit.core.elbo import per_datapoint_elbo
+from lvmtoolkit.core.direct_elbo import model_elbo
 from lvmtoolkit.core.model import Model
 from lvmtoolkit.core.nelbo import nelbo
 from lvmtoolkit.core.options import option
@@ -246,8 +246,8 @@ class SVIRefiner(Refiner):
         o = self.options
         total = 0.0
         for _ in range(o.num_particles):
-            total = total - per_datapoint_elbo(
-                model.model, rows, x, mask=mask, analytic_kl=o.analytic_kl and not stl, stl=stl
+            total = total - model_elbo(
+                model, rows, x, mask, analytic_kl=o.analytic_kl and not stl, stl=stl
             )
         return total / o.num_particles
 

@@ -89,11 +89,13 @@ class LinearGaussian(Model):
         mean = mean.view(*mean.shape[:-1], *self.data_shape)
         return dist.Normal(mean, self.noise, validate_args=False).to_event(3)
 
+    def latent_prior(self, num: int, like: torch.Tensor) -> dict[str, dist.TorchDistribution]:
+        zeros = like.new_zeros(num, self.config.latent_dim)
+        return {"z": dist.Normal(zeros, 1.0 + zeros, validate_args=False).to_event(1)}
+
     def model(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
-        n, k = x.shape[0], self.config.latent_dim
-        with pyro.plate(DATA_PLATE, n):
-            zeros = x.new_zeros(n, k)
-            z = pyro.sample("z", dist.Normal(zeros, 1.0 + zeros, validate_args=False).to_event(1))
+        with pyro.plate(DATA_PLATE, x.shape[0]):
+            z = pyro.sample("z", self.latent_prior(x.shape[0], x)["z"])
             likelihood = self.decode({"z": z})
             if mask is not None:
                 likelihood = likelihood.base_dist.mask(mask.bool()).to_event(3)

@@ -94,6 +94,9 @@ class VAE(Model):
         zeros = like.new_zeros(num, self.config.latent_dim)
         return dist.Normal(zeros, 1.0 + zeros, validate_args=False).to_event(1)
 
+    def latent_prior(self, num: int, like: torch.Tensor) -> dict[str, dist.TorchDistribution]:
+        return {"z": self.prior(num, like)}  # flat: `model` draws z from it, then x
+
     def model(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         n = x.shape[0]
         with pyro.plate(DATA_PLATE, n):
