@@ -12,7 +12,10 @@ inside one run, in spans of K steps between two of its checkpoint callbacks, so 
 fixed costs (building the local posterior, scoring the start) stay out; the keep-best
 scoring at a span's end (one selection sample, ``select_samples=1``: one forward pass) is
 timed on its own and taken off (``step_timing.py``). The hand-written loops are timed in
-runs of K steps. Methods are interleaved and repeated; medians over all spans are shown.
+runs of K steps; the chunked one runs just before each svi span, so that each span has a
+baseline taken seconds from it, and ``svi / raw-chunked`` is the median of those paired
+ratios (this machine's speed drifts by tens of percent over minutes; a ratio of medians
+taken minutes apart carries that drift). Medians over all spans are shown for the rates.
 
 Usage:
     python benchmarks/refine_throughput.py [--num 10000] [--steps 10] [--threads 1]
@@ -99,10 +102,15 @@ def one_at_a_time(model, x: torch.Tensor, steps: int) -> float:
     return time.perf_counter() - start
 
 
-def svi_windows(model, x: torch.Tensor, steps: int, windows: int) -> list[float]:
+def svi_windows(model, x: torch.Tensor, steps: int, windows: int, between=None) -> list[float]:
     """Seconds per step of the refiner in ``windows`` spans of ``steps`` steps, one run."""
     # One selection sample: a step costs the same and a span's scoring is one pass.
-    return step_seconds(SVIRefiner(select_samples=1), model, x, steps, windows)
+    return step_seconds(SVIRefiner(select_samples=1), model, x, steps, windows, between)
+
+
+def quartiles(values: list[float]) -> str:
+    low, _, high = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+    return f"{low:.2f}-{high:.2f}"
 
 
 def main() -> None:
@@ -123,14 +131,17 @@ def main() -> None:
     x, source = load_images(args.num, args.data_dir)
     n, k = x.shape[0], args.steps
     times: dict[str, list[float]] = {m: [] for m in ("svi", "raw-batched", "raw-chunked", "one")}
-    chunk = SVIRefiner().options.chunk_size
+    chunk = SVIRefiner().options.chunk_size or model.chunk_size
     with frozen(model):
         raw_loop(model, x[:256], 2, None)  # warm-up
         for _ in range(args.repeats):
-            times["svi"].extend(svi_windows(model, x, k, args.windows))
+
+            def chunked() -> None:
+                times["raw-chunked"].append(raw_loop(model, x, k, chunk) / k)
+
+            times["svi"].extend(svi_windows(model, x, k, args.windows, chunked))
             for _ in range(args.windows):
                 times["raw-batched"].append(raw_loop(model, x, k, None) / k)
-                times["raw-chunked"].append(raw_loop(model, x, k, chunk) / k)
             times["one"].append(one_at_a_time(model, x[: args.single], k) / (k * args.single))
 
     per_step = {m: statistics.median(v) for m, v in times.items()}
@@ -148,7 +159,11 @@ def main() -> None:
     for name, value in rate.items():
         print(f"  {name:14s} {value:10.0f} datapoint-steps/s")
     print(f"svi / raw-batched     = {rate['svi'] / rate['raw-batched']:.2f}x")
-    print(f"svi / raw-chunked     = {rate['svi'] / rate['raw-chunked']:.2f}x")
+    paired = [raw / svi for raw, svi in zip(times["raw-chunked"], times["svi"], strict=True)]
+    print(
+        f"svi / raw-chunked     = {statistics.median(paired):.2f}x (median of "
+        f"{len(paired)} paired spans; quartiles {quartiles(paired)})"
+    )
     print(f"svi / one-at-a-time   = {rate['svi'] / rate['one-at-a-time']:.1f}x")
     print(f"raw-batched / one     = {rate['raw-batched'] / rate['one-at-a-time']:.1f}x")
 

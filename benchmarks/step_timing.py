@@ -6,6 +6,11 @@ start) stay out without subtracting two separate runs, whose noise on this kind 
 was as large as the difference. A span still holds the keep-best scoring at its end; the
 callback scores the posterior it is handed the same way (same samples, chunks and family),
 times that, and takes it off the next span.
+
+A baseline can run between two spans (``between``), outside both: each span then has a
+baseline measurement taken seconds from it. On a machine whose speed drifts by tens of
+percent over minutes, the ratio of such a pair is steadier than a ratio of two medians
+taken minutes apart.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import torch
 from lvmtoolkit.core.nelbo import nelbo
 
 
-def step_seconds(refiner, model, x: torch.Tensor, steps: int, windows: int) -> list[float]:
+def step_seconds(
+    refiner, model, x: torch.Tensor, steps: int, windows: int, between=None
+) -> list[float]:
     """Seconds per step in each of ``windows`` spans of ``steps`` steps of one run.
 
     Args:
@@ -26,6 +33,8 @@ def step_seconds(refiner, model, x: torch.Tensor, steps: int, windows: int) -> l
         x: The batch.
         steps: K, the steps per span.
         windows: Spans timed.
+        between: Called with no arguments just before each span, outside the timed
+            spans: a baseline to time next to them.
 
     Returns:
         One value per span.
@@ -45,10 +54,12 @@ def step_seconds(refiner, model, x: torch.Tensor, steps: int, windows: int) -> l
             posterior,
             x,
             num_samples=o.select_samples,
-            chunk_size=o.chunk_size,
+            chunk_size=o.chunk_size or model.chunk_size,
             analytic_kl=o.analytic_kl,
         )
         last["scoring"] = time.perf_counter() - start
+        if between is not None and step < marks[-1]:
+            between()
         last["end"] = time.perf_counter()
 
     run = refiner.with_options(steps=steps * windows)

@@ -381,7 +381,13 @@ class TorchVAE(Model):
         pixels = self.pixel_likelihood(self.decoder(latent), latent.shape[0])
         return dist.Independent(pixels, len(self.data_shape))
 
-    def latent_prior(self, num: int, like: torch.Tensor) -> dict[str, dist.TorchDistribution]:
+    def latent_prior(
+        self, num: int, like: torch.Tensor
+    ) -> dict[str, dist.TorchDistribution] | None:
+        # `model` scores pixel_likelihood directly; a subclass's own decode or model may
+        # not match it.
+        if self.overrides(TorchVAE, "model", "decode"):
+            return None
         return {"z": self.prior(num, like)}  # flat: `model` draws z from it, then x
 
     def model(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:

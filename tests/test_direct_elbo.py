@@ -189,3 +189,26 @@ def test_check_model_catches_a_latent_prior_the_model_does_not_use(digits):
     check_model(honest, digits[:8])
     with pytest.raises(ModelCheckError, match="not flat as latent_prior promises"):
         check_model(wide, digits[:8])
+
+
+def test_a_subclass_with_its_own_model_is_not_taken_as_flat(tiny_vae, digits):
+    torch.manual_seed(0)
+    tiny = make_tiny_model()
+
+    class OwnModel(type(tiny_vae)):
+        def model(self, x, mask=None):  # might draw z from anything
+            return super().model(x, mask)
+
+    class OwnDecode(type(tiny)):
+        def decode(self, z):
+            return super().decode(z)
+
+    assert OwnModel(tiny_vae.config).latent_prior(2, digits) is None
+    own_decode = OwnDecode(
+        encoder=tiny.encoder,
+        decoder=tiny.decoder,
+        data_shape=tiny.data_shape,
+        latent_shape=tiny.latent_shape,
+    )
+    assert own_decode.latent_prior(2, digits) is None
+    assert tiny.latent_prior(2, digits) is not None

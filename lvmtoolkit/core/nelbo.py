@@ -22,7 +22,7 @@ def nelbo(
     *,
     num_samples: int = 16,
     seed: int | None = 0,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
     analytic_kl: bool = True,
 ) -> torch.Tensor:
     """NELBO of each datapoint, in nats, averaged over ``num_samples`` posterior samples.
@@ -39,7 +39,8 @@ def nelbo(
         mask: Optional observed-pixel mask.
         num_samples: Samples of z per datapoint.
         seed: Seed of the sampling noise (None: use the global RNG).
-        chunk_size: Datapoint-samples per forward pass (memory bound).
+        chunk_size: Datapoint-samples per forward pass (memory bound); None: the model's
+            own (`Model.chunk_size`).
         analytic_kl: Closed-form KL where available (see `per_datapoint_elbo`).
 
     Returns:
@@ -48,6 +49,7 @@ def nelbo(
     check_batch(model, x, mask)
     posterior.check_batch_size(x.shape[0])
     n = x.shape[0]
+    chunk_size = chunk_size or model.chunk_size
     total = torch.zeros(n, device=x.device)
     per_row_mask = mask is not None and mask.dim() == x.dim()
     with frozen(model):

@@ -102,9 +102,10 @@ class SVIOptions:
         choices=("reparam", "stl"),
     )
     chunk_size: int = option(
-        1024,
-        "datapoints per forward pass (speed and memory; same optimisation, other noise draws)",
-        minimum=1,
+        0,
+        "datapoints per forward pass (speed and memory; same optimisation, other noise "
+        "draws); 0: the backend's own size (2048 for the VAE and GMVAE, 1024 for the NVAE)",
+        minimum=0,
     )
     select_samples: int = option(
         16, "samples of the NELBO estimate that picks each datapoint's best posterior", minimum=1
@@ -137,6 +138,7 @@ class SVIRefiner(Refiner):
         o = self.options
         model, x, mask = call.model, call.x, call.mask
         n = x.shape[0]
+        chunk_size = o.chunk_size or model.chunk_size
         # Selection noise differs from the optimisation noise (and from the plain seed an
         # evaluation would use) but is the same for every candidate, so per-datapoint
         # comparisons are paired.
@@ -150,7 +152,7 @@ class SVIRefiner(Refiner):
                 mask,
                 num_samples=o.select_samples,
                 seed=select_seed,
-                chunk_size=o.chunk_size,
+                chunk_size=chunk_size,
                 analytic_kl=o.analytic_kl,
             )
 
@@ -178,7 +180,7 @@ class SVIRefiner(Refiner):
             if o.schedule == "cosine" and o.steps
             else None
         )
-        parts = chunks(n, o.chunk_size)
+        parts = chunks(n, chunk_size)
 
         with (
             frozen(model),

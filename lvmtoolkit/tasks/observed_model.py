@@ -127,6 +127,7 @@ class ObservedModel(Model):
         super().__init__(getattr(model, "config", None))
         self.base = model
         self.observation = observation
+        self.chunk_size = model.chunk_size
         self.data_shape = tuple(model.data_shape)
         self.name = f"{model.name or type(model).__name__} observed through {observation.name}"
         with torch.no_grad():

@@ -89,7 +89,11 @@ class LinearGaussian(Model):
         mean = mean.view(*mean.shape[:-1], *self.data_shape)
         return dist.Normal(mean, self.noise, validate_args=False).to_event(3)
 
-    def latent_prior(self, num: int, like: torch.Tensor) -> dict[str, dist.TorchDistribution]:
+    def latent_prior(
+        self, num: int, like: torch.Tensor
+    ) -> dict[str, dist.TorchDistribution] | None:
+        if self.overrides(LinearGaussian, "model"):
+            return None
         zeros = like.new_zeros(num, self.config.latent_dim)
         return {"z": dist.Normal(zeros, 1.0 + zeros, validate_args=False).to_event(1)}
 

@@ -64,6 +64,7 @@ class VAE(Model):
     name = "vae"
     version = _VERSION
     config_class = VAEConfig
+    chunk_size = 2048  # measured faster than 1024 per svi step and evaluation pass (CPU)
 
     def __init__(self, config: VAEConfig | None = None):
         config = config or VAEConfig()
@@ -94,7 +95,11 @@ class VAE(Model):
         zeros = like.new_zeros(num, self.config.latent_dim)
         return dist.Normal(zeros, 1.0 + zeros, validate_args=False).to_event(1)
 
-    def latent_prior(self, num: int, like: torch.Tensor) -> dict[str, dist.TorchDistribution]:
+    def latent_prior(
+        self, num: int, like: torch.Tensor
+    ) -> dict[str, dist.TorchDistribution] | None:
+        if self.overrides(VAE, "model"):
+            return None
         return {"z": self.prior(num, like)}  # flat: `model` draws z from it, then x
 
     def model(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
