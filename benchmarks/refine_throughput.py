@@ -5,6 +5,9 @@ Measures datapoint-steps per second (one datapoint's posterior updated once) for
 * ``svi``: the toolkit's refiner (Pyro model and guide, per-datapoint ELBO on Pyro traces),
 * ``raw-batched``: a hand-written batched loop, whole batch in one pass,
 * ``raw-chunked``: the same loop in chunks of the refiner's ``chunk_size``,
+* ``raw-chunked-stl``: the chunked loop with the estimator svi uses by default (sticking the
+  landing: Monte-Carlo KL with the posterior's parameters detached in log q) instead of the
+  closed-form KL,
 * ``one-at-a-time``: a loop over datapoints, each with its own Adam, as the seed code did,
 
 all in one process on the bundled VAE, and prints ratios. The refiner's steps are timed
@@ -12,8 +15,8 @@ inside one run, in spans of K steps between two of its checkpoint callbacks, so 
 fixed costs (building the local posterior, scoring the start) stay out; the keep-best
 scoring at a span's end (one selection sample, ``select_samples=1``: one forward pass) is
 timed on its own and taken off (``step_timing.py``). The hand-written loops are timed in
-runs of K steps; the chunked one runs just before each svi span, so that each span has a
-baseline taken seconds from it, and ``svi / raw-chunked`` is the median of those paired
+runs of K steps; the chunked ones run just before each svi span, so that each span has
+baselines taken seconds from it, and ``svi / raw-chunked`` is the median of those paired
 ratios (this machine's speed drifts by tens of percent over minutes; a ratio of medians
 taken minutes apart carries that drift). Medians over all spans are shown for the rates.
 
@@ -52,8 +55,9 @@ def load_images(num: int, data_dir: str | None) -> tuple[torch.Tensor, str]:
     return binarize_fixed(images.repeat(reps, 1, 1, 1)[:num]), source
 
 
-def raw_loop(model, x: torch.Tensor, steps: int, chunk: int | None) -> float:
-    """Hand-written: Gaussian q per datapoint, closed-form KL, Bernoulli likelihood, Adam."""
+def raw_loop(model, x: torch.Tensor, steps: int, chunk: int | None, stl: bool = False) -> float:
+    """Hand-written: Gaussian q per datapoint, Bernoulli likelihood, Adam; closed-form KL,
+    or (``stl``) log q(z) - log p(z) with q's parameters detached in log q."""
     with torch.no_grad():
         loc0, scale0 = model.encode(x)["z"]
     loc = loc0.clone().requires_grad_(True)
@@ -74,7 +78,11 @@ def raw_loop(model, x: torch.Tensor, steps: int, chunk: int | None) -> float:
             z = mu + sigma * torch.randn_like(sigma)
             logits = model.decoder(z)
             rec = F.binary_cross_entropy_with_logits(logits, flat[part], reduction="none").sum(1)
-            kl = 0.5 * (mu.pow(2) + sigma.pow(2) - 1.0 - 2.0 * ls).sum(1)
+            if stl:
+                eps = (z - mu.detach()) / sigma.detach()
+                kl = (0.5 * z.pow(2) - 0.5 * eps.pow(2) - ls.detach()).sum(1)
+            else:
+                kl = 0.5 * (mu.pow(2) + sigma.pow(2) - 1.0 - 2.0 * ls).sum(1)
             (rec + kl).sum().backward()
         optimizer.step()
     return time.perf_counter() - start
@@ -130,7 +138,8 @@ def main() -> None:
     model = load_checkpoint(get_backend("vae").default_checkpoint())
     x, source = load_images(args.num, args.data_dir)
     n, k = x.shape[0], args.steps
-    times: dict[str, list[float]] = {m: [] for m in ("svi", "raw-batched", "raw-chunked", "one")}
+    methods = ("svi", "raw-batched", "raw-chunked", "raw-chunked-stl", "one")
+    times: dict[str, list[float]] = {m: [] for m in methods}
     chunk = SVIRefiner().options.chunk_size or model.chunk_size
     with frozen(model):
         raw_loop(model, x[:256], 2, None)  # warm-up
@@ -138,6 +147,7 @@ def main() -> None:
 
             def chunked() -> None:
                 times["raw-chunked"].append(raw_loop(model, x, k, chunk) / k)
+                times["raw-chunked-stl"].append(raw_loop(model, x, k, chunk, stl=True) / k)
 
             times["svi"].extend(svi_windows(model, x, k, args.windows, chunked))
             for _ in range(args.windows):
@@ -149,6 +159,7 @@ def main() -> None:
         "svi": n / per_step["svi"],
         "raw-batched": n / per_step["raw-batched"],
         "raw-chunked": n / per_step["raw-chunked"],
+        "raw-chunked-stl": n / per_step["raw-chunked-stl"],
         "one-at-a-time": 1.0 / per_step["one"],
     }
     print(
@@ -157,13 +168,14 @@ def main() -> None:
         f"median of {args.repeats} x {args.windows} spans"
     )
     for name, value in rate.items():
-        print(f"  {name:14s} {value:10.0f} datapoint-steps/s")
+        print(f"  {name:15s} {value:10.0f} datapoint-steps/s")
     print(f"svi / raw-batched     = {rate['svi'] / rate['raw-batched']:.2f}x")
-    paired = [raw / svi for raw, svi in zip(times["raw-chunked"], times["svi"], strict=True)]
-    print(
-        f"svi / raw-chunked     = {statistics.median(paired):.2f}x (median of "
-        f"{len(paired)} paired spans; quartiles {quartiles(paired)})"
-    )
+    for loop in ("raw-chunked", "raw-chunked-stl"):
+        paired = [raw / svi for raw, svi in zip(times[loop], times["svi"], strict=True)]
+        print(
+            f"svi / {loop:15s} = {statistics.median(paired):.2f}x (median of "
+            f"{len(paired)} paired spans; quartiles {quartiles(paired)})"
+        )
     print(f"svi / one-at-a-time   = {rate['svi'] / rate['one-at-a-time']:.1f}x")
     print(f"raw-batched / one     = {rate['raw-batched'] / rate['one-at-a-time']:.1f}x")
 
