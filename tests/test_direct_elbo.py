@@ -212,3 +212,22 @@ def test_a_subclass_with_its_own_model_is_not_taken_as_flat(tiny_vae, digits):
     )
     assert own_decode.latent_prior(2, digits) is None
     assert tiny.latent_prior(2, digits) is not None
+
+
+def test_passes_default_to_the_backends_chunk_size_and_refuse_zero(tiny_vae, digits):
+    from lvmtoolkit.core.nelbo import nelbo
+    from lvmtoolkit.metrics import iwae_bound
+
+    assert type(tiny_vae).chunk_size == 2048 and make_tiny_model().chunk_size == 1024
+    posterior = tiny_vae.amortized_posterior()
+    # The default and the backend's own size are one setting: the same draws, same values.
+    torch.testing.assert_close(
+        nelbo(tiny_vae, posterior, digits, num_samples=3),
+        nelbo(tiny_vae, posterior, digits, num_samples=3, chunk_size=2048),
+    )
+    torch.testing.assert_close(
+        iwae_bound(tiny_vae, posterior, digits, num_samples=3),
+        iwae_bound(tiny_vae, posterior, digits, num_samples=3, max_rows=2048),
+    )
+    with pytest.raises(LvmError, match="chunk_size must be positive"):
+        nelbo(tiny_vae, posterior, digits, chunk_size=0)

@@ -11,6 +11,7 @@ from lvmtoolkit.core.model import Model
 from lvmtoolkit.core.posterior import Posterior
 from lvmtoolkit.core.runtime import chunks, frozen, seeded
 from lvmtoolkit.core.validation import check_batch
+from lvmtoolkit.errors import LvmError
 
 
 @torch.no_grad()
@@ -49,7 +50,11 @@ def nelbo(
     check_batch(model, x, mask)
     posterior.check_batch_size(x.shape[0])
     n = x.shape[0]
-    chunk_size = chunk_size or model.chunk_size
+    chunk_size = model.chunk_size if chunk_size is None else chunk_size
+    if num_samples < 1 or chunk_size < 1:
+        raise LvmError(
+            f"num_samples and chunk_size must be positive, got {num_samples}, {chunk_size}"
+        )
     total = torch.zeros(n, device=x.device)
     per_row_mask = mask is not None and mask.dim() == x.dim()
     with frozen(model):

