@@ -6,7 +6,8 @@ any guide) and stays the reference semantics. For the commonest pair it is also 
 part of a refinement step that is not arithmetic: a *flat* model, whose latent sites are
 drawn independently from a fixed prior and whose pixels are then drawn from
 ``decode(z)`` (the paper's VAE and GMVAE, a `TorchVAE`), with a *mean-field* posterior,
-whose sites are independent given x (the encoder's Gaussians, per-datapoint Gaussians).
+whose sites are independent given x (the encoder's Gaussians, svi's per-datapoint
+Gaussians, svi-flow's per-datapoint flows on them).
 
 For that pair `direct_elbo` computes the same estimator in a few torch operations: the
 same distribution objects, the same draws in the same order, the same choice between the

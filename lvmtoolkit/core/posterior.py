@@ -104,9 +104,11 @@ class Posterior(nn.Module):
         """q of each latent site for the batch ``x``, when the sites are independent given x.
 
         The distributions the guide samples from, in the guide's order, each with batch
-        shape ``(N,)`` and drawn with ``rsample``; None (the default) when the guide is not
-        that (hierarchical posteriors, flows, guides written in Pyro). Where a model is flat
-        too (`Model.latent_prior`), the ELBO is computed from these directly.
+        shape ``(N,)`` and drawn once with ``rsample`` (a Gaussian, or a Gaussian pushed
+        through a per-site flow); None (the default) when the guide is not that
+        (hierarchical posteriors whose groups depend on each other, guides written in
+        Pyro). Where a model is flat too (`Model.latent_prior`), the ELBO is computed from
+        these directly.
         """
         return None
 

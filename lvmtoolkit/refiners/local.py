@@ -121,15 +121,25 @@ class LocalFlowPosterior(LocalPosterior):
             )
         self.flows = nn.ModuleDict(flows)
 
+    def local_mean_field(self, index: slice | torch.Tensor) -> dict[str, GaussianFlow] | None:
+        """Each site's flow for the rows ``index``: the sites are independent given x."""
+        if type(self).local_guide is not LocalFlowPosterior.local_guide:
+            return None  # a subclass's own guide may draw something else
+        sites = {}
+        for site in self.loc:
+            loc = take_rows(self.loc[site], index)
+            log_scale = take_rows(self.log_scale[site], index)
+            base = dist.Normal(loc, log_scale.exp(), validate_args=False)
+            base = base.to_event(loc.dim() - 1)
+            steps = [cell.transform(index) for cell in self.flows[site]]
+            sites[site] = GaussianFlow(base, steps)
+        return sites
+
     def local_guide(self, x: torch.Tensor, index: slice | torch.Tensor) -> None:
+        sites = self.local_mean_field(index)
         with pyro.plate(DATA_PLATE, x.shape[0]):
-            for site in self.loc:
-                loc = take_rows(self.loc[site], index)
-                log_scale = take_rows(self.log_scale[site], index)
-                base = dist.Normal(loc, log_scale.exp(), validate_args=False)
-                base = base.to_event(loc.dim() - 1)
-                steps = [cell.transform(index) for cell in self.flows[site]]
-                pyro.sample(site, GaussianFlow(base, steps))
+            for name, site in sites.items():
+                pyro.sample(name, site)
 
 
 def make_local_posterior(
