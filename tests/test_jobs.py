@@ -415,3 +415,19 @@ def test_results_rebuild_flat_flows_at_the_width_they_were_saved_with():
     # a refiner without the option used make_local_posterior's default
     default = build_posterior_skeleton(model, {**builder, "max_flat_weights": None}, 2)
     assert default.flows["z"][0].w1.shape[1] == 8
+
+
+def test_a_jobs_identity_records_the_chunk_size_the_backend_resolves_to(tmp_path, images, tiny):
+    """svi's chunk_size 0 means the backend's own; the job records the size itself, so a
+    folder made when the default was a fixed 1,024 still resumes on a 1,024 backend."""
+    np.save(tmp_path / "a.npy", as_uint8(images[:4]))
+    common = ["--model", tiny, "--data", tmp_path / "a.npy", *FAST]
+    assert lvm_run("refine", *common, "--output", tmp_path / "a").exit_code == 0
+    assert (
+        lvm_run("refine", *common, "-o", "chunk_size=1024", "--output", tmp_path / "b").exit_code
+        == 0
+    )
+    manifests = [ResultsFolder(tmp_path / name).read_manifest() for name in ("a", "b")]
+    options = [m["job"]["refiner"]["options"] for m in manifests]
+    assert options[0]["chunk_size"] == options[1]["chunk_size"] == 1024
+    assert manifests[0]["identity"] == manifests[1]["identity"]

@@ -145,12 +145,7 @@ class RefineJob:
             model = self.model
             self._definition = {
                 "model": self.model_identity,
-                "refiner": {
-                    "name": self.refiner,
-                    "options": {
-                        k: _jsonable(v) for k, v in vars(self.base_refiner.options).items()
-                    },
-                },
+                "refiner": {"name": self.refiner, "options": self._resolved_options()},
                 "steps": list(self.steps) if self.takes_steps else [],
                 "eval_samples": self.eval_samples,
                 "eval_seed": self.eval_seed,
@@ -170,6 +165,18 @@ class RefineJob:
                 },
             }
         return self._definition
+
+    def _resolved_options(self) -> dict[str, Any]:
+        """The refiner's options, a ``chunk_size`` of 0 written as the backend's size.
+
+        0 means "the backend's own" (`Model.chunk_size`); the size itself is what decides the
+        noise draws, so it is what the identity records: a job made when the default was a
+        fixed 1,024 resumes where the backend still uses 1,024.
+        """
+        options = {k: _jsonable(v) for k, v in vars(self.base_refiner.options).items()}
+        if options.get("chunk_size") == 0:
+            options["chunk_size"] = self.model.chunk_size
+        return options
 
     def identity(self) -> str:
         """SHA-256 of the definition, leaving out file paths (a moved file is the same)."""
