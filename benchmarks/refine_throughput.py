@@ -140,7 +140,7 @@ def main() -> None:
     n, k = x.shape[0], args.steps
     methods = ("svi", "raw-batched", "raw-chunked", "raw-chunked-stl", "one")
     times: dict[str, list[float]] = {m: [] for m in methods}
-    chunk = SVIRefiner().options.chunk_size or model.chunk_size
+    chunk = SVIRefiner().pass_size(model)
     with frozen(model):
         raw_loop(model, x[:256], 2, None)  # warm-up
         for _ in range(args.repeats):

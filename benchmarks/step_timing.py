@@ -28,7 +28,7 @@ def step_seconds(
     """Seconds per step in each of ``windows`` spans of ``steps`` steps of one run.
 
     Args:
-        refiner: An iterative refiner (``svi``-like: ``select_samples``, ``chunk_size``).
+        refiner: An iterative refiner (``svi``-like: ``select_samples``, ``pass_size``).
         model: The model, frozen by the caller.
         x: The batch.
         steps: K, the steps per span.
@@ -54,7 +54,7 @@ def step_seconds(
             posterior,
             x,
             num_samples=o.select_samples,
-            chunk_size=o.chunk_size or model.chunk_size,
+            chunk_size=refiner.pass_size(model),
             analytic_kl=o.analytic_kl,
         )
         last["scoring"] = time.perf_counter() - start

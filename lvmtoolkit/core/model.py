@@ -12,6 +12,7 @@ from torch.distributions import Distribution
 
 from lvmtoolkit.core.direct_elbo import model_elbo
 from lvmtoolkit.core.posterior import Posterior
+from lvmtoolkit.core.runtime import replaces
 from lvmtoolkit.errors import CheckpointError
 
 
@@ -111,7 +112,7 @@ class Model(nn.Module):
         A backend whose `latent_prior` holds for its own `model` and `decode` returns None
         when a subclass replaces them: the subclass's model may no longer be flat.
         """
-        return any(getattr(type(self), name) is not getattr(base, name) for name in names)
+        return replaces(self, base, *names)
 
     # --- provided -------------------------------------------------------------------------
 

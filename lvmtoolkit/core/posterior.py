@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from lvmtoolkit.core.elbo import DATA_PLATE
-from lvmtoolkit.core.runtime import take_rows
+from lvmtoolkit.core.runtime import replaces, take_rows
 from lvmtoolkit.errors import LvmError
 
 GaussianParams = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -138,7 +138,7 @@ class GaussianPosterior(Posterior):
         """The Gaussians of `gaussian_params`, which `guide` samples from."""
         # A subclass with a guide of its own (one written in Pyro, a hierarchical one) may
         # sample something else; only this guide is known to draw exactly these.
-        if type(self).guide is not GaussianPosterior.guide:
+        if replaces(self, GaussianPosterior, "guide"):
             return None
         return _normal_sites(self.gaussian_params(x))
 
@@ -358,7 +358,7 @@ class LocalGaussianPosterior(LocalPosterior, GaussianPosterior):
         self, index: slice | torch.Tensor
     ) -> dict[str, dist.TorchDistribution] | None:
         # As GaussianPosterior.mean_field: a subclass's own guide may draw something else.
-        if type(self).local_guide is not LocalGaussianPosterior.local_guide:
+        if replaces(self, LocalGaussianPosterior, "local_guide"):
             return None
         return _normal_sites(
             {

@@ -87,6 +87,16 @@ def take_rows(tensor: torch.Tensor, index: slice | torch.Tensor) -> torch.Tensor
     return tensor[index]
 
 
+def replaces(obj: object, base: type, *names: str) -> bool:
+    """Whether ``obj``'s class replaces any of ``base``'s methods ``names``.
+
+    A family or backend that promises something of its own methods (a posterior that its
+    guide draws its `mean_field`, a model that it is flat) withdraws the promise for a
+    subclass that replaces them.
+    """
+    return any(getattr(type(obj), name) is not getattr(base, name) for name in names)
+
+
 def set_threads(threads: int | None) -> None:
     """Set torch's intra-op thread count (None keeps torch's default)."""
     if threads is None:

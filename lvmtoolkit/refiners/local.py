@@ -30,7 +30,7 @@ from lvmtoolkit.core.posterior import (
     LocalPosterior,
     Posterior,
 )
-from lvmtoolkit.core.runtime import take_rows
+from lvmtoolkit.core.runtime import replaces, take_rows
 from lvmtoolkit.errors import LvmError
 from lvmtoolkit.flows import BatchedAutoregressiveCell, GaussianFlow
 
@@ -123,7 +123,7 @@ class LocalFlowPosterior(LocalPosterior):
 
     def local_mean_field(self, index: slice | torch.Tensor) -> dict[str, GaussianFlow] | None:
         """Each site's flow for the rows ``index``: the sites are independent given x."""
-        if type(self).local_guide is not LocalFlowPosterior.local_guide:
+        if replaces(self, LocalFlowPosterior, "local_guide"):
             return None  # a subclass's own guide may draw something else
         sites = {}
         for site in self.loc:

@@ -138,7 +138,7 @@ class SVIRefiner(Refiner):
         o = self.options
         model, x, mask = call.model, call.x, call.mask
         n = x.shape[0]
-        chunk_size = o.chunk_size or model.chunk_size
+        chunk_size = self.pass_size(model)
         # Selection noise differs from the optimisation noise (and from the plain seed an
         # evaluation would use) but is the same for every candidate, so per-datapoint
         # comparisons are paired.
@@ -217,6 +217,11 @@ class SVIRefiner(Refiner):
             steps=o.steps,
             info={"selection_nelbo": best_score, "datapoints_improved_at": improved},
         )
+
+    def pass_size(self, model: Model) -> int:
+        """Datapoints per forward pass on ``model``: ``chunk_size``, or the backend's own
+        (`Model.chunk_size`) where it is 0."""
+        return self.options.chunk_size or model.chunk_size
 
     @property
     def selection_seed(self) -> int:
