@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from collections.abc import Callable
 
 import pyro.distributions as dist
@@ -52,6 +53,7 @@ from pyro.distributions.conditional import ConditionalTransformModule
 from torch import nn
 from torch.distributions import Independent, Normal, Transform, constraints, register_kl
 from torch.distributions import kl_divergence as _kl_divergence
+from torch.distributions.transforms import _InverseTransform
 from torch.nn import functional as F
 
 from lvmtoolkit.core.runtime import take_rows
@@ -214,6 +216,22 @@ class AffineAutoregressive(Transform):
         self.codomain = constraints.independent(constraints.real, len(self.event_shape))
         self._image = image_shape(self.event_shape)
         self._cached_log_scale: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._inverse_ref: weakref.ref[_InverseTransform] | None = None
+
+    @property
+    def inv(self) -> Transform:
+        """The inverse transform, held weakly.
+
+        torch's `Transform.inv` keeps its inverse strongly, and the inverse keeps the
+        transform: a reference cycle that only the cyclic garbage collector frees, together
+        with the cached draws and log-scales (and, under autograd, their graphs). Scoring
+        NVAE svi-flow restorations built up 6 GB of them before a collection ran.
+        """
+        inverse = self._inverse_ref() if self._inverse_ref is not None else None
+        if inverse is None:
+            inverse = _InverseTransform(self)
+            self._inverse_ref = weakref.ref(inverse)
+        return inverse
 
     def _as_image(self, value: torch.Tensor) -> torch.Tensor:
         image = value.reshape(-1, *self._image)

@@ -34,7 +34,7 @@ def conditional_summary(
     *,
     num_samples: int,
     keep: int = 0,
-    max_rows: int = 4096,
+    max_rows: int | None = None,
 ) -> PixelSummary:
     """Mean, variance and ``keep`` samples of p(x | y) under ``posterior`` as q(z | y).
 
@@ -45,7 +45,8 @@ def conditional_summary(
         mask: Observed-pixel mask, or None.
         num_samples: Draws of z per datapoint.
         keep: Samples of x to keep per datapoint (the first ``keep`` draws).
-        max_rows: Bound on datapoint-draws per forward pass.
+        max_rows: Bound on datapoint-draws per forward pass; None: the model's
+            `Model.chunk_size`.
 
     Returns:
         The summary; draws use torch's global RNG.

@@ -41,7 +41,7 @@ def importance_summary(
     num_samples: int,
     keep: int = 0,
     reference: torch.Tensor | None = None,
-    max_rows: int = 4096,
+    max_rows: int | None = None,
 ) -> tuple[PixelSummary, torch.Tensor | None]:
     """Importance-weighted mean, variance and resampled draws of p(x | y).
 
@@ -53,7 +53,8 @@ def importance_summary(
         num_samples: K, importance samples per datapoint.
         keep: Samples of x to draw by importance resampling, per datapoint.
         reference: Clean data; if given, also estimate log p(reference | y).
-        max_rows: Bound on datapoint-draws per forward pass.
+        max_rows: Bound on datapoint-draws per forward pass; None: the model's
+            `Model.chunk_size`.
 
     Returns:
         The weighted summary (its ``effective_sample_size`` says what the weights are

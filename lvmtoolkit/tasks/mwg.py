@@ -60,7 +60,7 @@ def metropolis_within_gibbs(
     burn_in: int,
     keep: int = 0,
     reference: torch.Tensor | None = None,
-    max_rows: int = 4096,
+    max_rows: int | None = None,
 ) -> tuple[PixelSummary, torch.Tensor | None, dict[str, Any]]:
     """Run one chain per image; summarise p(x | y) from the iterations after ``burn_in``.
 
@@ -73,13 +73,15 @@ def metropolis_within_gibbs(
         burn_in: Iterations left out of the summary (fewer than ``iterations``).
         keep: Samples of x to keep per image, at evenly spaced iterations after burn-in.
         reference: Clean data; if given, also estimate log p(reference | y).
-        max_rows: Bound on images per forward pass.
+        max_rows: Bound on images per forward pass; None: the model's
+            `Model.chunk_size`.
 
     Returns:
         The summary (samples in ``summary.samples``), the ``(N,)`` log-likelihood estimates
         (None without ``reference``), and ``{"acceptance": (N,) acceptance rates}``.
     """
     n = y.shape[0]
+    max_rows = model.chunk_size if max_rows is None else max_rows
     summary = PixelSummary(n, tuple(y.shape[1:]), device=y.device)
     samples = torch.zeros(keep, n, *y.shape[1:], device=y.device)
     kept_at = {burn_in + 1 + (s * (iterations - burn_in)) // max(keep, 1): s for s in range(keep)}
