@@ -40,6 +40,7 @@ from torch import distributions as td
 from torch import nn
 
 from lvmtoolkit.core.elbo import DATA_PLATE
+from lvmtoolkit.core.likelihood import peel_independent
 from lvmtoolkit.core.model import Model
 from lvmtoolkit.core.posterior import AmortizedGaussianPosterior, GaussianParams, GaussianPosterior
 from lvmtoolkit.errors import LvmError
@@ -332,8 +333,7 @@ class TorchVAE(Model):
                     f"the likelihood function returned {type(pixels).__name__}, not a "
                     "torch.distributions.Distribution"
                 )
-            while isinstance(pixels, td.Independent):
-                pixels = pixels.base_dist
+            pixels, _ = peel_independent(pixels)
             if tuple(pixels.batch_shape) != (n, *self.data_shape) or pixels.event_shape:
                 raise AdapterError(
                     "the likelihood function must give one distribution per pixel: batch "
@@ -434,11 +434,7 @@ def _accepts_mask(fn: Callable[..., Any]) -> bool:
 
 def _mask_pixels(fn: td.Distribution, mask: torch.Tensor, site: str) -> td.Distribution:
     """``fn`` with the log-density of unobserved pixels (mask False) left out."""
-    reinterpreted = 0
-    base = fn
-    while isinstance(base, td.Independent):
-        reinterpreted += base.reinterpreted_batch_ndims
-        base = base.base_dist
+    base, reinterpreted = peel_independent(fn)
     if base.event_shape:
         raise AdapterError(
             f"cannot mask pixels of the observed site {site!r}: its distribution "
@@ -607,9 +603,7 @@ class PyroVAE(Model):
         params: GaussianParams = {}
         for name in latents:
             fn = guide_trace.nodes[name]["fn"]
-            base = fn
-            while isinstance(base, td.Independent):
-                base = base.base_dist
+            base, _ = peel_independent(fn)
             if not isinstance(base, td.Normal):
                 raise AdapterError(
                     f"the guide samples {name!r} from {type(base).__name__}; refiners start "

@@ -161,9 +161,18 @@ def _masked_conv(
         return F.conv2d(z, weight * mask, padding=k // 2)
     n, _, height, width = z.shape
     masked = _ZeroOutsideMask.apply(weight, mask) if zero_outside else weight * mask
-    kernel = masked.flatten(2)  # (N, out, in*k*k)
-    columns = z.flatten(2) if k == 1 else F.unfold(z, k, padding=k // 2)
-    return torch.bmm(kernel, columns).view(n, -1, height, width)
+    if k == 1:
+        return torch.bmm(masked.flatten(2), z.flatten(2)).view(n, -1, height, width)
+    # One grouped convolution with a group per datapoint. unfold + bmm computed the same,
+    # but CPU im2col copies element by element: on NVAE latents (100 datapoints, 32 to 16
+    # channels, 14x14) a pass forward and back took 36 ms that way and 8.5 ms this way.
+    out = F.conv2d(
+        z.reshape(1, -1, height, width),
+        masked.reshape(-1, *masked.shape[2:]),
+        padding=k // 2,
+        groups=n,
+    )
+    return out.view(n, -1, height, width)
 
 
 def _conditioner(

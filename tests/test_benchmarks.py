@@ -41,3 +41,25 @@ def test_benchmark_runs(args):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "svi" in done.stdout
+
+
+def test_roofline_counts_a_grouped_convolution_once_per_group(monkeypatch):
+    # torch's formula counts a grouped convolution's weight gradient once per group too
+    # often; svi-flow's per-datapoint flow steps are one group per datapoint.
+    import torch
+    import torch.nn.functional as F
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from roofline import flop_counter_mode
+
+    def flops(groups: int) -> int:
+        z = torch.randn(1, groups * 4, 6, 6, requires_grad=True)
+        w = torch.randn(groups * 5, 4, 3, 3, requires_grad=True)
+        counter = flop_counter_mode()
+        with counter:
+            F.conv2d(z, w, padding=1, groups=groups).sum().backward()
+        return counter.get_total_flops()
+
+    # forward, input gradient and weight gradient: 3 x 2 x (6 x 6) x 5 x 4 x 9 each group
+    assert flops(1) == 3 * 2 * 36 * 5 * 4 * 9
+    assert flops(7) == 7 * flops(1)

@@ -25,9 +25,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from torch.distributions import Bernoulli, Distribution, Independent, kl_divergence
+from torch.distributions import Bernoulli, Distribution, kl_divergence
 
 from lvmtoolkit.core.elbo import _stop_gradient, per_datapoint_elbo
+from lvmtoolkit.core.likelihood import peel_independent
 from lvmtoolkit.errors import LvmError
 
 if TYPE_CHECKING:
@@ -53,10 +54,7 @@ def observed_log_prob(
     Returns:
         Tensor of shape ``(N,)``.
     """
-    base, event_dims = likelihood, 0
-    while isinstance(base, Independent):
-        event_dims += base.reinterpreted_batch_ndims
-        base = base.base_dist
+    base, event_dims = peel_independent(likelihood)
     # torch's own Bernoulli density (Pyro's Bernoulli inherits it), not a subclass's.
     bernoulli = isinstance(base, Bernoulli) and type(base).log_prob is Bernoulli.log_prob
     if mask is None and not bernoulli:

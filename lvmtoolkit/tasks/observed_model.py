@@ -17,8 +17,9 @@ from typing import Any
 import pyro.distributions as dist
 import torch
 from pyro.poutine.messenger import Messenger
-from torch.distributions import Distribution, Independent
+from torch.distributions import Distribution
 
+from lvmtoolkit.core.likelihood import split_likelihood
 from lvmtoolkit.core.model import Model
 from lvmtoolkit.core.posterior import Posterior
 from lvmtoolkit.core.validation import check_batch
@@ -28,40 +29,6 @@ from lvmtoolkit.tasks.pixels import Where
 
 OBSERVED_SITE = "x"
 """The model contract's name of the observed site."""
-
-
-def split_likelihood(fn: Distribution) -> tuple[Distribution, torch.Tensor | None, int]:
-    """Take an observed site's distribution apart: per-pixel distribution, mask, event dims.
-
-    Unwraps ``Independent`` (event dimensions) and Pyro's ``MaskedDistribution`` (pixels
-    left out of the likelihood), in any order, as backends build them.
-
-    Returns:
-        ``(pixels, mask, event_dims)``: one distribution per pixel, the combined mask (None
-        if none) and how many dimensions were reinterpreted as the event.
-
-    Raises:
-        LvmError: A wrapper this function does not know.
-    """
-    mask: torch.Tensor | None = None
-    event_dims = 0
-    while True:
-        if isinstance(fn, Independent):
-            event_dims += fn.reinterpreted_batch_ndims
-            fn = fn.base_dist
-        elif isinstance(fn, dist.MaskedDistribution):
-            inner = fn._mask
-            if isinstance(inner, bool):
-                inner = torch.tensor(inner)
-            mask = inner if mask is None else mask & inner
-            fn = fn.base_dist
-        elif isinstance(fn, dist.ExpandedDistribution):
-            raise LvmError(
-                "the observed site's distribution is an expanded distribution; give the "
-                "pixel likelihood its full batch shape (N, *data_shape)"
-            )
-        else:
-            return fn, mask, event_dims
 
 
 def observe_through(observation: ObservationModel, fn: Distribution) -> Distribution:
