@@ -52,7 +52,9 @@ def canonical_kind(run: dict, kind: str) -> str:
 
 def collect(paths: list[Path]) -> tuple[dict, dict]:
     rows: dict[tuple, tuple[int, dict, str]] = {}
-    corrupted: dict[tuple, tuple[int, dict]] = {}
+    # The corrupted input scored once per number of images: rows of one backend may come
+    # from runs of different sizes.
+    corrupted: dict[tuple, dict[int, dict]] = {}
     for path in paths:
         run = json.loads(path.read_text())
         if "task" not in run:
@@ -61,7 +63,7 @@ def collect(paths: list[Path]) -> tuple[dict, dict]:
         for backend, kinds in run["results"].items():
             for kind, result in kinds.items():
                 key = (run["task"], canonical_kind(run, kind), backend)
-                corrupted.setdefault(key, (images, result["corrupted"]))
+                corrupted.setdefault(key, {}).setdefault(images, result["corrupted"])
                 for method, refiners in result["methods"].items():
                     for refiner, scores in refiners.items():
                         row = (*key, method, refiner)
@@ -83,11 +85,11 @@ def table(task: str, kind: str, rows: dict, corrupted: dict) -> list[str]:
     for backend in BACKENDS:
         if (task, kind, backend) not in corrupted:
             continue
-        images, scores = corrupted[(task, kind, backend)]
-        lines.append(
-            f"| {backend} | {images} | *(corrupted input)* | | {scores['ssim']:.3f} ± "
-            f"{scores['ssim_sem']:.3f} | | {number(scores.get('fid'), 1)} | |"
-        )
+        for images, scores in sorted(corrupted[(task, kind, backend)].items(), reverse=True):
+            lines.append(
+                f"| {backend} | {images} | *(corrupted input)* | | {scores['ssim']:.3f} ± "
+                f"{scores['ssim_sem']:.3f} | | {number(scores.get('fid'), 1)} | |"
+            )
         for method in METHODS:
             for refiner in REFINERS:
                 found = rows.get((task, kind, backend, method, refiner))
