@@ -21,13 +21,8 @@ import argparse
 import torch
 
 from lvmtoolkit.data import binarize_fixed
-from lvmtoolkit.metrics.ssim import ssim
 from lvmtoolkit.plugins import get_dataset
-
-
-def mean_and_sem(values: torch.Tensor) -> str:
-    sem = values.std() / values.numel() ** 0.5
-    return f"{float(values.mean()):.3f} ± {float(sem):.3f}"
+from lvmtoolkit.tasks.evaluation import ssim_row
 
 
 def main() -> None:
@@ -43,13 +38,14 @@ def main() -> None:
     clean = binarize_fixed(grey)
     other = torch.bernoulli(grey, generator=torch.Generator().manual_seed(args.seed))
     rows = {
-        "grey original (the exact posterior mean, if it were known)": ssim(grey, clean),
-        "another binarisation (a perfect posterior sample)": ssim(other, clean),
+        "grey original (the exact posterior mean, if it were known)": ssim_row(grey, clean),
+        "another binarisation (a perfect posterior sample)": ssim_row(other, clean),
     }
     print(f"first {grey.shape[0]} images of {args.dataset}/{args.split}; SSIM against the")
     print("binarised digits that the evaluation scores against:")
-    for name, values in rows.items():
-        print(f"  {name:60s} {mean_and_sem(values)}")
+    # Scored as `lvm evaluate` scores its rows.
+    for name, row in rows.items():
+        print(f"  {name:60s} {row['ssim']:.3f} ± {row['ssim_sem']:.3f}")
 
 
 if __name__ == "__main__":

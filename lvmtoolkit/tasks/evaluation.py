@@ -84,7 +84,9 @@ def kinds_of(task: Task) -> dict[str, str]:
     return MASK_KINDS if task == "inpaint" else NOISE_KINDS
 
 
-def _ssim_row(restored: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
+def ssim_row(restored: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
+    """The SSIM columns of a results row: ``{"ssim": mean, "ssim_sem": standard error}``
+    over the images, rounded to 4 decimals."""
     values = ssim(restored, clean)
     sem = values.std().item() / math.sqrt(values.numel()) if values.numel() > 1 else 0.0
     return {"ssim": round(values.mean().item(), 4), "ssim_sem": round(sem, 4)}
@@ -232,7 +234,7 @@ def evaluate_restoration(
         results[model_name] = {}
         for kind, observation in observations.items():
             observed = observation.corrupt(clean, seed=CORRUPTION_SEED)
-            corrupted_row = _ssim_row(observed.y, clean)
+            corrupted_row = ssim_row(observed.y, clean)
             if extractor is not None:
                 corrupted_row["fid"] = round(
                     frechet_distance(features_of(extractor, observed.y), clean_features), 3
@@ -347,7 +349,7 @@ def _evaluate_one(
     except LvmError as err:
         return {"error": str(err)}
     images = torch.cat(parts)
-    row: dict[str, Any] = {**_ssim_row(images, clean), **_nll_row(torch.cat(likelihoods))}
+    row: dict[str, Any] = {**ssim_row(images, clean), **_nll_row(torch.cat(likelihoods))}
     for key, values in extras.items():
         if values:
             row[key] = round(torch.cat(values).float().mean().item(), 4)
@@ -439,7 +441,7 @@ def evaluate_task(
         results[model_name] = {}
         for kind in kinds:
             data = corrupt(task, kind, clean)
-            rows: dict[str, Any] = {"corrupted": _ssim_row(data.corrupted, clean)}
+            rows: dict[str, Any] = {"corrupted": ssim_row(data.corrupted, clean)}
             for refiner_name, refiner in refiners.items():
                 started = time.perf_counter()
                 try:
@@ -450,7 +452,7 @@ def evaluate_task(
                 except LvmError as err:
                     rows[refiner_name] = {"error": str(err)}
                     continue
-                row = _ssim_row(result.images, clean)
+                row = ssim_row(result.images, clean)
                 if extractor is not None:
                     row["fid"] = round(
                         frechet_distance(features_of(extractor, result.images), features), 3
