@@ -248,3 +248,26 @@ def test_passes_default_to_the_backends_chunk_size_and_refuse_zero(tiny_vae, dig
     )
     with pytest.raises(LvmError, match="chunk_size must be positive"):
         nelbo(tiny_vae, posterior, digits, chunk_size=0)
+
+
+def test_every_pass_size_is_resolved_and_checked_by_the_backend(tiny_vae, digits, monkeypatch):
+    from lvmtoolkit.metrics import iwae_bound
+    from lvmtoolkit.metrics.conditional import conditional_log_likelihood
+    from lvmtoolkit.tasks.mwg import metropolis_within_gibbs
+
+    posterior = tiny_vae.amortized_posterior()
+    assert tiny_vae.rows_per_pass(None) == 2048 and tiny_vae.rows_per_pass(7) == 7
+    with pytest.raises(LvmError, match="max_rows must be positive, got 0"):
+        iwae_bound(tiny_vae, posterior, digits, num_samples=3, max_rows=0)
+    with pytest.raises(LvmError, match="max_rows must be positive, got -1"):
+        conditional_log_likelihood(
+            tiny_vae, posterior, digits, lambda i, z: torch.zeros(len(i)), max_rows=-1
+        )
+    with pytest.raises(LvmError, match="max_rows must be positive, got 0"):
+        metropolis_within_gibbs(
+            tiny_vae, posterior, digits, None, iterations=2, burn_in=0, max_rows=0
+        )
+    # A backend whose own size is broken is named, not the caller's argument.
+    monkeypatch.setattr(type(tiny_vae), "chunk_size", 0)
+    with pytest.raises(LvmError, match=r"\.chunk_size must be positive, got 0"):
+        iwae_bound(tiny_vae, posterior, digits, num_samples=3)

@@ -13,7 +13,7 @@ from torch.distributions import Distribution
 from lvmtoolkit.core.direct_elbo import model_elbo
 from lvmtoolkit.core.posterior import Posterior
 from lvmtoolkit.core.runtime import replaces
-from lvmtoolkit.errors import CheckpointError
+from lvmtoolkit.errors import CheckpointError, LvmError
 
 
 class Model(nn.Module):
@@ -146,6 +146,26 @@ class Model(nn.Module):
         Runs before the optimiser's update; does nothing by default. Override to clip or
         check gradients.
         """
+
+    def rows_per_pass(self, requested: int | None, name: str = "max_rows") -> int:
+        """Rows one forward pass may take: ``requested``, or `chunk_size` where it is None.
+
+        Every estimator that folds samples into passes (`nelbo`, the IWAE bound, the
+        conditional NLL, the restoration samplers) resolves its size here, so they all
+        follow the backend's setting and refuse a size below 1 the same way.
+
+        Args:
+            requested: The caller's bound, or None for the backend's own.
+            name: The argument's name, for the error message.
+
+        Raises:
+            LvmError: ``requested`` is below 1.
+        """
+        if requested is None:
+            requested, name = self.chunk_size, f"{type(self).__name__}.chunk_size"
+        if requested < 1:
+            raise LvmError(f"{name} must be positive, got {requested}")
+        return int(requested)
 
     @property
     def device(self) -> torch.device:

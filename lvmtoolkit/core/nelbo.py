@@ -50,11 +50,9 @@ def nelbo(
     check_batch(model, x, mask)
     posterior.check_batch_size(x.shape[0])
     n = x.shape[0]
-    chunk_size = model.chunk_size if chunk_size is None else chunk_size
-    if num_samples < 1 or chunk_size < 1:
-        raise LvmError(
-            f"num_samples and chunk_size must be positive, got {num_samples}, {chunk_size}"
-        )
+    chunk_size = model.rows_per_pass(chunk_size, "chunk_size")
+    if num_samples < 1:
+        raise LvmError(f"num_samples must be positive, got {num_samples}")
     total = torch.zeros(n, device=x.device)
     per_row_mask = mask is not None and mask.dim() == x.dim()
     with frozen(model):

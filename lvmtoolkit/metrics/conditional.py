@@ -51,9 +51,9 @@ def _blocks(
     model's `Model.chunk_size`."""
     # The backend's pass size, not a fixed 8,192 rows: on the NVAE that peaked at 6.9 GB for
     # 40 images x 256 draws (3.7 GB at its 1,024) and was slower (48 s against 33 s).
-    max_rows = model.chunk_size if max_rows is None else max_rows
-    if num_samples < 1 or max_rows < 1:
-        raise LvmError(f"num_samples and max_rows must be positive, got {num_samples}, {max_rows}")
+    max_rows = model.rows_per_pass(max_rows)
+    if num_samples < 1:
+        raise LvmError(f"num_samples must be positive, got {num_samples}")
     per_block = max(1, max_rows // n)
     for start in range(0, n, max_rows):
         rows = torch.arange(start, min(start + max_rows, n), device=device)

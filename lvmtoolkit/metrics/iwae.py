@@ -54,9 +54,9 @@ def iwae_bound(
     References:
         Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
     """
-    max_rows = model.chunk_size if max_rows is None else max_rows
-    if num_samples < 1 or max_rows < 1:
-        raise LvmError(f"num_samples and max_rows must be positive, got {num_samples}, {max_rows}")
+    max_rows = model.rows_per_pass(max_rows)
+    if num_samples < 1:
+        raise LvmError(f"num_samples must be positive, got {num_samples}")
     check_batch(model, x)
     posterior.check_batch_size(x.shape[0])
     n = x.shape[0]

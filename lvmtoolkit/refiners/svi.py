@@ -221,7 +221,7 @@ class SVIRefiner(Refiner):
     def pass_size(self, model: Model) -> int:
         """Datapoints per forward pass on ``model``: ``chunk_size``, or the backend's own
         (`Model.chunk_size`) where it is 0."""
-        return self.options.chunk_size or model.chunk_size
+        return model.rows_per_pass(self.options.chunk_size or None, "chunk_size")
 
     @property
     def selection_seed(self) -> int:

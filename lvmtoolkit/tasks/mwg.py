@@ -81,7 +81,7 @@ def metropolis_within_gibbs(
         (None without ``reference``), and ``{"acceptance": (N,) acceptance rates}``.
     """
     n = y.shape[0]
-    max_rows = model.chunk_size if max_rows is None else max_rows
+    max_rows = model.rows_per_pass(max_rows)
     summary = PixelSummary(n, tuple(y.shape[1:]), device=y.device)
     samples = torch.zeros(keep, n, *y.shape[1:], device=y.device)
     kept_at = {burn_in + 1 + (s * (iterations - burn_in)) // max(keep, 1): s for s in range(keep)}
