@@ -306,3 +306,19 @@ def test_a_refined_posterior_is_reused_not_refined_again(tiny_vae, digits):
         restore(tiny_vae, y[:8], "gaussian", posterior=first.posterior)
     with pytest.raises(OptionError, match="pseudo-gibbs refines its own posteriors"):
         restore(tiny_vae, y, "gaussian", method="pseudo-gibbs", posterior=first.posterior)
+
+
+def test_restoration_defaults_apply_to_the_refiners_that_declare_them():
+    flow = restoration_refiner("svi-flow")
+    # The NVAEs' flows keep the absolute rate tuned for refinement (0.03 of lr 0.05) when
+    # restoration raises lr to 0.2; flat flows and svi keep their own settings.
+    assert (flow.options.lr, flow.options.hierarchical_flow_lr) == (0.2, 0.0075)
+    assert flow.options.flow_lr == type(flow.options)().flow_lr
+    assert restoration_refiner("svi").options.lr_scaling == "none"
+    assert restoration_refiner("svi-paper").options.lr == 1e-3
+    assert (
+        restoration_refiner("svi-flow", hierarchical_flow_lr="0.03").options.hierarchical_flow_lr
+        == 0.03
+    )
+    # A refiner that declares none of them gets none (an undeclared option would raise).
+    assert restoration_refiner("amortized").name == "amortized"

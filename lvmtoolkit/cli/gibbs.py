@@ -134,8 +134,9 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
             multiple=True,
             metavar="KEY=VALUE",
             help="Refiner option, repeatable (see `lvm refiners show NAME`). Unless given, "
-            "refiners that have them run steps=300, lr=0.2, lr_scaling=none (pseudo-gibbs: "
-            "steps=10 and select_samples=2 per iteration).",
+            "refiners that have them run steps=300, lr=0.2, lr_scaling=none, "
+            "hierarchical_flow_lr=0.0075 (pseudo-gibbs: steps=10 and select_samples=2 per "
+            "iteration).",
         ),
         click.option(
             "--iterations",
