@@ -15,10 +15,12 @@ inside one run, in spans of K steps between two of its checkpoint callbacks, so 
 fixed costs (building the local posterior, scoring the start) stay out; the keep-best
 scoring at a span's end (one selection sample, ``select_samples=1``: one forward pass) is
 timed on its own and taken off (``step_timing.py``). The hand-written loops are timed in
-runs of K steps; the chunked ones run just before each svi span, so that each span has
-baselines taken seconds from it, and ``svi / raw-chunked`` is the median of those paired
-ratios (this machine's speed drifts by tens of percent over minutes; a ratio of medians
-taken minutes apart carries that drift). Medians over all spans are shown for the rates.
+runs of K steps; the chunked ones run just before each svi span and once after the last,
+so that each span sits between two baseline runs taken seconds from it, and ``svi /
+raw-chunked`` is the median of the paired ratios of each span to the mean of the two runs
+around it (this machine's speed drifts by tens of percent over minutes: a ratio of medians
+taken minutes apart carries that drift, and a baseline on one side only carries the drift
+of one span). Medians over all spans are shown for the rates.
 
 Usage:
     python benchmarks/refine_throughput.py [--num 10000] [--steps 10] [--threads 1]
@@ -27,6 +29,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from pathlib import Path
@@ -116,6 +119,11 @@ def svi_windows(model, x: torch.Tensor, steps: int, windows: int, between=None) 
     return step_seconds(SVIRefiner(select_samples=1), model, x, steps, windows, between)
 
 
+def bracketing(runs: list[float]) -> list[float]:
+    """Mean of each two neighbouring baseline runs: the baseline of the span between them."""
+    return [(before + after) / 2 for before, after in itertools.pairwise(runs)]
+
+
 def quartiles(values: list[float]) -> str:
     low, _, high = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
     return f"{low:.2f}-{high:.2f}"
@@ -140,16 +148,23 @@ def main() -> None:
     n, k = x.shape[0], args.steps
     methods = ("svi", "raw-batched", "raw-chunked", "raw-chunked-stl", "one")
     times: dict[str, list[float]] = {m: [] for m in methods}
+    # Per svi span, the mean of the chunked loop's runs just before and just after it.
+    around: dict[str, list[float]] = {"raw-chunked": [], "raw-chunked-stl": []}
     chunk = SVIRefiner().pass_size(model)
     with frozen(model):
         raw_loop(model, x[:256], 2, None)  # warm-up
         for _ in range(args.repeats):
+            runs: dict[str, list[float]] = {"raw-chunked": [], "raw-chunked-stl": []}
 
-            def chunked() -> None:
-                times["raw-chunked"].append(raw_loop(model, x, k, chunk) / k)
-                times["raw-chunked-stl"].append(raw_loop(model, x, k, chunk, stl=True) / k)
+            def chunked(runs: dict[str, list[float]] = runs) -> None:
+                runs["raw-chunked"].append(raw_loop(model, x, k, chunk) / k)
+                runs["raw-chunked-stl"].append(raw_loop(model, x, k, chunk, stl=True) / k)
 
             times["svi"].extend(svi_windows(model, x, k, args.windows, chunked))
+            chunked()  # after the last span: every span now has a baseline on each side
+            for loop, values in runs.items():
+                times[loop].extend(values)
+                around[loop].extend(bracketing(values))
             for _ in range(args.windows):
                 times["raw-batched"].append(raw_loop(model, x, k, None) / k)
             times["one"].append(one_at_a_time(model, x[: args.single], k) / (k * args.single))
@@ -171,10 +186,11 @@ def main() -> None:
         print(f"  {name:15s} {value:10.0f} datapoint-steps/s")
     print(f"svi / raw-batched     = {rate['svi'] / rate['raw-batched']:.2f}x")
     for loop in ("raw-chunked", "raw-chunked-stl"):
-        paired = [raw / svi for raw, svi in zip(times[loop], times["svi"], strict=True)]
+        paired = [raw / svi for raw, svi in zip(around[loop], times["svi"], strict=True)]
         print(
             f"svi / {loop:15s} = {statistics.median(paired):.2f}x (median of "
-            f"{len(paired)} paired spans; quartiles {quartiles(paired)})"
+            f"{len(paired)} spans, each against the loop runs around it; "
+            f"quartiles {quartiles(paired)})"
         )
     print(f"svi / one-at-a-time   = {rate['svi'] / rate['one-at-a-time']:.1f}x")
     print(f"raw-batched / one     = {rate['raw-batched'] / rate['one-at-a-time']:.1f}x")
