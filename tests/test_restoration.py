@@ -314,7 +314,8 @@ def test_restoration_defaults_apply_to_the_refiners_that_declare_them():
     # restoration raises lr to 0.2; flat flows and svi keep their own settings.
     assert (flow.options.lr, flow.options.hierarchical_flow_lr) == (0.2, 0.0075)
     assert flow.options.flow_lr == type(flow.options)().flow_lr
-    assert restoration_refiner("svi").options.lr_scaling == "none"
+    svi = restoration_refiner("svi").options
+    assert (svi.lr_scaling, svi.gradient) == ("none", "reparam")
     assert restoration_refiner("svi-paper").options.lr == 1e-3
     assert (
         restoration_refiner("svi-flow", hierarchical_flow_lr="0.03").options.hierarchical_flow_lr
