@@ -3,10 +3,11 @@
 Every ``docs/results/restoration-*.json`` written by ``lvm evaluate inpaint|denoise --json``
 contributes its rows; the page's tables (between the ``<!-- tables:start -->`` and
 ``<!-- tables:end -->`` markers) are regenerated from them, so no number is typed by hand.
-Two runs that score the same backend, kind, method and refiner are refused: which one the
-page shows would otherwise depend on file order. A row made under an earlier restoration
-default of one of `MARKED_OPTIONS` names it beside the refiner, e.g. ``svi (gradient=stl)``:
-its command, run today, would use the current default.
+Two runs that score the same backend, kind, method and refiner on the same number of
+images are refused: which one the page shows would otherwise depend on file order (on
+different numbers of images both rows are shown, the larger run first). A row made under
+an earlier restoration default of one of `MARKED_OPTIONS` names it beside the refiner, e.g.
+``svi (gradient=stl)``: its command, run today, would use the current default.
 
 Usage:
     python scripts/restoration_tables.py [--check]
@@ -88,7 +89,7 @@ def collect(paths: list[Path]) -> tuple[dict, dict]:
                 corrupted.setdefault(key, {}).setdefault(images, result["corrupted"])
                 for method, refiners in result["methods"].items():
                     for refiner, scores in refiners.items():
-                        row = (*key, method, refiner)
+                        row = (*key, method, refiner, images)
                         if row in rows:
                             sys.exit(f"{path.name} and {rows[row][2]} both score {row}")
                         rows[row] = (images, scores, path.name, marked(run, method, refiner))
@@ -114,17 +115,32 @@ def table(task: str, kind: str, rows: dict, corrupted: dict) -> list[str]:
             )
         for method in METHODS:
             for refiner in REFINERS:
-                found = rows.get((task, kind, backend, method, refiner))
-                if found is None:
-                    continue
-                images, s, _, label = found
-                nll = f"{s['nll']:.1f} ± {s['nll_sem']:.1f}" if s.get("nll") is not None else ""
-                lines.append(
-                    f"| {backend} | {images} | {method} | {label} | {s['ssim']:.3f} ± "
-                    f"{s['ssim_sem']:.3f} | {nll} | {number(s.get('fid'), 1)} | "
-                    f"{s['seconds_per_image']:.3f} |"
+                sizes = sorted(
+                    (
+                        size
+                        for (*row, size) in rows
+                        if row == [task, kind, backend, method, refiner]
+                    ),
+                    reverse=True,
                 )
+                for size in sizes:
+                    lines.append(
+                        row_line(
+                            backend, method, rows[(task, kind, backend, method, refiner, size)]
+                        )
+                    )
     return lines
+
+
+def row_line(backend: str, method: str, found: tuple) -> str:
+    """One results row of the table."""
+    images, s, _, label = found
+    nll = f"{s['nll']:.1f} ± {s['nll_sem']:.1f}" if s.get("nll") is not None else ""
+    return (
+        f"| {backend} | {images} | {method} | {label} | {s['ssim']:.3f} ± "
+        f"{s['ssim_sem']:.3f} | {nll} | {number(s.get('fid'), 1)} | "
+        f"{s['seconds_per_image']:.3f} |"
+    )
 
 
 def render(rows: dict, corrupted: dict) -> str:
