@@ -5,9 +5,7 @@ contributes its rows; the page's tables (between the ``<!-- tables:start -->`` a
 ``<!-- tables:end -->`` markers) are regenerated from them, so no number is typed by hand.
 Two runs that score the same backend, kind, method and refiner on the same number of
 images are refused: which one the page shows would otherwise depend on file order (on
-different numbers of images both rows are shown, the larger run first). A row made under
-an earlier restoration default of one of `MARKED_OPTIONS` names it beside the refiner, e.g.
-``svi (gradient=stl)``: its command, run today, would use the current default.
+different numbers of images both rows are shown, the larger run first).
 
 Usage:
     python scripts/restoration_tables.py [--check]
@@ -41,9 +39,6 @@ FLAGS = {
 BACKENDS = ["vae", "gmvae", "nvae", "nvae-flow"]
 METHODS = ["conditional", "importance", "mwg", "pseudo-gibbs"]
 REFINERS = ["amortized", "svi", "svi-flow"]
-MARKED_OPTIONS = ("gradient",)
-"""Options whose restoration default changed after rows were made (svi's gradient: stl, then
-reparam), shown beside the refiner where a run used another value."""
 
 
 def canonical_kind(run: dict, kind: str) -> str:
@@ -56,25 +51,8 @@ def canonical_kind(run: dict, kind: str) -> str:
     return f"{name}:{','.join(kept)}" if kept else name
 
 
-def marked(run: dict, method: str, refiner: str) -> str:
-    """``refiner``, with the `MARKED_OPTIONS` this run set otherwise than today's defaults
-    (not for the chain, whose refiners have defaults of their own)."""
-    from lvmtoolkit.tasks.restoration import restoration_refiner
-
-    if method == "pseudo-gibbs":
-        return refiner
-    recorded = run["refiners"].get(refiner, {})
-    today = restoration_refiner(refiner).options
-    differ = [
-        f"{name}={recorded[name]}"
-        for name in MARKED_OPTIONS
-        if name in recorded and recorded[name] != str(getattr(today, name, recorded[name]))
-    ]
-    return f"{refiner} ({', '.join(differ)})" if differ else refiner
-
-
 def collect(paths: list[Path]) -> tuple[dict, dict]:
-    rows: dict[tuple, tuple[int, dict, str, str]] = {}
+    rows: dict[tuple, tuple[int, dict, str]] = {}
     # The corrupted input scored once per number of images: rows of one backend may come
     # from runs of different sizes.
     corrupted: dict[tuple, dict[int, dict]] = {}
@@ -92,7 +70,7 @@ def collect(paths: list[Path]) -> tuple[dict, dict]:
                         row = (*key, method, refiner, images)
                         if row in rows:
                             sys.exit(f"{path.name} and {rows[row][2]} both score {row}")
-                        rows[row] = (images, scores, path.name, marked(run, method, refiner))
+                        rows[row] = (images, scores, path.name)
     return rows, corrupted
 
 
@@ -126,18 +104,21 @@ def table(task: str, kind: str, rows: dict, corrupted: dict) -> list[str]:
                 for size in sizes:
                     lines.append(
                         row_line(
-                            backend, method, rows[(task, kind, backend, method, refiner, size)]
+                            backend,
+                            method,
+                            refiner,
+                            rows[(task, kind, backend, method, refiner, size)],
                         )
                     )
     return lines
 
 
-def row_line(backend: str, method: str, found: tuple) -> str:
+def row_line(backend: str, method: str, refiner: str, found: tuple) -> str:
     """One results row of the table."""
-    images, s, _, label = found
+    images, s, _ = found
     nll = f"{s['nll']:.1f} ± {s['nll_sem']:.1f}" if s.get("nll") is not None else ""
     return (
-        f"| {backend} | {images} | {method} | {label} | {s['ssim']:.3f} ± "
+        f"| {backend} | {images} | {method} | {refiner} | {s['ssim']:.3f} ± "
         f"{s['ssim_sem']:.3f} | {nll} | {number(s.get('fid'), 1)} | "
         f"{s['seconds_per_image']:.3f} |"
     )

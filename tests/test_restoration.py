@@ -315,7 +315,7 @@ def test_restoration_defaults_apply_to_the_refiners_that_declare_them():
     assert (flow.options.lr, flow.options.hierarchical_flow_lr) == (0.2, 0.0075)
     assert flow.options.flow_lr == type(flow.options)().flow_lr
     svi = restoration_refiner("svi").options
-    assert (svi.lr_scaling, svi.gradient) == ("none", "reparam")
+    assert (svi.lr_scaling, svi.gradient) == ("none", "stl")
     assert restoration_refiner("svi-paper").options.lr == 1e-3
     assert (
         restoration_refiner("svi-flow", hierarchical_flow_lr="0.03").options.hierarchical_flow_lr

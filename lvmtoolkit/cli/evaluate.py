@@ -133,8 +133,8 @@ Examples:
         metavar="[REFINER.]KEY=VALUE",
         help="Refiner option, repeatable: svi.lr=0.03 for one refiner, steps=20 for every "
         "refiner that has it. Defaults: steps=300, lr=0.2, lr_scaling=none, "
-        "hierarchical_flow_lr=0.0075, gradient=reparam (pseudo-gibbs: steps=10 and "
-        "select_samples=2 per iteration).",
+        "hierarchical_flow_lr=0.0075 (pseudo-gibbs: steps=10 and select_samples=2 per "
+        "iteration).",
     )
     @click.option(
         f"--{kinds_flag}",

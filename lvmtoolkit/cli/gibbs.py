@@ -39,9 +39,8 @@ _METHODS_HELP = f"""\
 Methods (--method):
 {_METHOD_LINES}
 
-The default, conditional with the svi refiner (300 steps at learning rate 0.2,
-reparameterised gradients), was chosen by measurement on held-out digits
-(docs/results/restoration.md)."""
+The default, conditional with the svi refiner (300 steps at learning rate 0.2),
+was chosen by measurement on held-out digits (docs/results/restoration.md)."""
 
 _NOISE_HELP = """\
 \b
@@ -136,8 +135,8 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
             metavar="KEY=VALUE",
             help="Refiner option, repeatable (see `lvm refiners show NAME`). Unless given, "
             "refiners that have them run steps=300, lr=0.2, lr_scaling=none, "
-            "hierarchical_flow_lr=0.0075, gradient=reparam (pseudo-gibbs: steps=10 and "
-            "select_samples=2 per iteration).",
+            "hierarchical_flow_lr=0.0075 (pseudo-gibbs: steps=10 and select_samples=2 per "
+            "iteration).",
         ),
         click.option(
             "--iterations",
