@@ -52,9 +52,9 @@ def canonical_kind(run: dict, kind: str) -> str:
 
 
 def collect(paths: list[Path]) -> tuple[dict, dict]:
-    rows: dict[tuple, tuple[int, dict, str]] = {}
-    # The corrupted input scored once per number of images: rows of one backend may come
-    # from runs of different sizes.
+    # Rows and the corrupted input's scores by number of images: rows of one backend may
+    # come from runs of different sizes.
+    rows: dict[tuple, dict[int, tuple[dict, str]]] = {}
     corrupted: dict[tuple, dict[int, dict]] = {}
     for path in paths:
         run = json.loads(path.read_text())
@@ -67,10 +67,13 @@ def collect(paths: list[Path]) -> tuple[dict, dict]:
                 corrupted.setdefault(key, {}).setdefault(images, result["corrupted"])
                 for method, refiners in result["methods"].items():
                     for refiner, scores in refiners.items():
-                        row = (*key, method, refiner, images)
-                        if row in rows:
-                            sys.exit(f"{path.name} and {rows[row][2]} both score {row}")
-                        rows[row] = (images, scores, path.name)
+                        sizes = rows.setdefault((*key, method, refiner), {})
+                        if images in sizes:
+                            sys.exit(
+                                f"{path.name} and {sizes[images][1]} both score "
+                                f"{(*key, method, refiner)} on {images} images"
+                            )
+                        sizes[images] = (scores, path.name)
     return rows, corrupted
 
 
@@ -93,35 +96,15 @@ def table(task: str, kind: str, rows: dict, corrupted: dict) -> list[str]:
             )
         for method in METHODS:
             for refiner in REFINERS:
-                sizes = sorted(
-                    (
-                        size
-                        for (*row, size) in rows
-                        if row == [task, kind, backend, method, refiner]
-                    ),
-                    reverse=True,
-                )
-                for size in sizes:
+                sizes = rows.get((task, kind, backend, method, refiner), {})
+                for images, (s, _) in sorted(sizes.items(), reverse=True):
+                    nll = f"{s['nll']:.1f} ± {s['nll_sem']:.1f}" if s.get("nll") is not None else ""
                     lines.append(
-                        row_line(
-                            backend,
-                            method,
-                            refiner,
-                            rows[(task, kind, backend, method, refiner, size)],
-                        )
+                        f"| {backend} | {images} | {method} | {refiner} | {s['ssim']:.3f} ± "
+                        f"{s['ssim_sem']:.3f} | {nll} | {number(s.get('fid'), 1)} | "
+                        f"{s['seconds_per_image']:.3f} |"
                     )
     return lines
-
-
-def row_line(backend: str, method: str, refiner: str, found: tuple) -> str:
-    """One results row of the table."""
-    images, s, _ = found
-    nll = f"{s['nll']:.1f} ± {s['nll_sem']:.1f}" if s.get("nll") is not None else ""
-    return (
-        f"| {backend} | {images} | {method} | {refiner} | {s['ssim']:.3f} ± "
-        f"{s['ssim_sem']:.3f} | {nll} | {number(s.get('fid'), 1)} | "
-        f"{s['seconds_per_image']:.3f} |"
-    )
 
 
 def render(rows: dict, corrupted: dict) -> str:
