@@ -34,6 +34,7 @@ _LAZY = {
     "RefineCall": "lvmtoolkit.core",
     "model_elbo": "lvmtoolkit.core",
     "nelbo": "lvmtoolkit.core",
+    "eval_mode": "lvmtoolkit.core",
     "frozen": "lvmtoolkit.core",
     "seeded": "lvmtoolkit.core",
     "stream_seed": "lvmtoolkit.core",

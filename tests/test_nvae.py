@@ -22,6 +22,7 @@ from lvmtoolkit.metrics import iwae_bound, nelbo
 from lvmtoolkit.plugins import get_backend, load_checkpoint
 from lvmtoolkit.refiners import SVIFlowRefiner, SVIRefiner, make_local_posterior
 from lvmtoolkit.refiners.svi import dimension_scale
+from lvmtoolkit.tasks.restoration import restoration_refiner, restore
 
 TINY = dict(
     channels=(8, 8, 8),
@@ -182,6 +183,45 @@ def test_batch_norm_uses_running_statistics_when_frozen(digits):
     with frozen(model):
         assert torch.allclose(logits(one), logits(z), atol=1e-5)
     assert model.training  # frozen() restored the mode
+
+
+def test_frozen_gives_every_module_back_its_own_mode():
+    """A wrapper starts in training mode (as every new nn.Module does); freezing it must
+    not hand that mode to the model it wraps, or batch norm runs on batch statistics and
+    updates its running statistics after the first frozen block."""
+    model = tiny().eval()
+    wrapper = torch.nn.Module()
+    wrapper.base = model
+    assert wrapper.training and not model.training
+    with frozen(wrapper):
+        assert not wrapper.training and not any(m.training for m in model.modules())
+    assert wrapper.training
+    assert not any(m.training for m in model.modules())
+
+
+def test_restoration_leaves_the_model_as_it_found_it(trained, digits):
+    """Restoration runs the model in eval mode and changes none of its parameters or
+    batch-norm statistics, so a row does not depend on the rows restored before it."""
+    y = digits[:6].clamp(0.2, 0.8)
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+
+    def svi_mean():
+        svi = restoration_refiner("svi", steps=20)
+        return restore(trained, y, "gaussian:variance=0.5", refiner=svi, seed=3).images
+
+    first = svi_mean()
+    restore(trained, y, "gaussian:variance=0.5", refiner="amortized")
+    assert torch.equal(svi_mean(), first)
+    assert not any(m.training for m in trained.modules())
+    after = trained.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # A model left in training mode is restored in eval mode and handed back training.
+    trained.train()
+    try:
+        assert torch.equal(svi_mean(), first)
+        assert all(m.training for m in trained.modules())
+    finally:
+        trained.eval()
 
 
 @pytest.mark.parametrize("cls", [NVAE, NVAEFlow])

@@ -17,6 +17,7 @@ from lvmtoolkit.core.posterior import (
 )
 from lvmtoolkit.core.refiner import CheckpointCallback, RefineCall, Refiner, RefineResult
 from lvmtoolkit.core.runtime import (
+    eval_mode,
     frozen,
     resolve_device,
     seeded,
@@ -43,6 +44,7 @@ __all__ = [
     "Refiner",
     "config_from_dict",
     "describe_options",
+    "eval_mode",
     "frozen",
     "load_checkpoint",
     "model_elbo",

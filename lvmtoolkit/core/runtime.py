@@ -15,19 +15,37 @@ from lvmtoolkit.errors import LvmError
 
 
 @contextlib.contextmanager
-def frozen(module: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and no parameter gradients inside the block; both restored afterwards."""
-    was_training = module.training
-    flags = [(p, p.requires_grad) for p in module.parameters()]
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode inside the block; afterwards every submodule is back in its own mode.
+
+    Each module's mode is restored on its own, not by ``module.train(was_training)``, which
+    would hand the root's mode to every submodule. That matters for wrappers: a new
+    ``nn.Module`` starts in training mode, so a wrapper built around a model in eval mode
+    would otherwise leave the model training (batch norm on batch statistics, its running
+    statistics updated, dropout on) after the first block.
+    """
+    modes = [(m, m.training) for m in module.modules()]
     module.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
     try:
         yield module
     finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        module.train(was_training)
+        for m, mode in modes:
+            m.training = mode
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no parameter gradients inside the block; both restored afterwards,
+    module by module and parameter by parameter (see `eval_mode`)."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    with eval_mode(module):
+        for p, _ in flags:
+            p.requires_grad_(False)
+        try:
+            yield module
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
 
 
 @contextlib.contextmanager

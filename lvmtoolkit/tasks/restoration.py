@@ -30,7 +30,7 @@ import torch
 from lvmtoolkit.core.model import Model
 from lvmtoolkit.core.posterior import Posterior
 from lvmtoolkit.core.refiner import Refiner
-from lvmtoolkit.core.runtime import check_seed, mask_rows, seeded, stream_seed
+from lvmtoolkit.core.runtime import check_seed, frozen, mask_rows, seeded, stream_seed
 from lvmtoolkit.errors import LvmError, OptionError
 from lvmtoolkit.metrics.conditional import conditional_log_likelihood
 from lvmtoolkit.tasks.conditional import conditional_summary
@@ -259,68 +259,71 @@ def restore(
         raise OptionError(f"burn_in ({burn_in}) must be below iterations ({iterations})")
     nll_samples = _positive("nll_samples", nll_samples)
     observation = parse_observation(observation)
-    observed_model = ObservedModel(model, observation)
-    full_mask = None if mask is None else _full_mask(mask, y)
-    filled = y if full_mask is None else torch.where(full_mask, y, torch.full_like(y, fill))
-    observed_model.check(filled, full_mask)
-    if reference is not None and (
-        not isinstance(reference, torch.Tensor) or reference.shape != y.shape
-    ):
-        raise LvmError("reference must be a tensor of the shape of y")
+    # Eval mode throughout (batch norm on its running statistics, no dropout), whatever
+    # mode the caller left the model in; every module's mode is restored afterwards.
+    with frozen(model):
+        observed_model = ObservedModel(model, observation)
+        full_mask = None if mask is None else _full_mask(mask, y)
+        filled = y if full_mask is None else torch.where(full_mask, y, torch.full_like(y, fill))
+        observed_model.check(filled, full_mask)
+        if reference is not None and (
+            not isinstance(reference, torch.Tensor) or reference.shape != y.shape
+        ):
+            raise LvmError("reference must be a tensor of the shape of y")
 
-    if method == "pseudo-gibbs":
-        if posterior is not None:
-            raise OptionError("pseudo-gibbs refines its own posteriors; it takes no posterior")
-        return _pseudo_gibbs(
-            observed_model, filled, full_mask, refiner, iterations, seed, fill, result,
-            reference, nll_samples,
-        )  # fmt: skip
-    if refiner is None or isinstance(refiner, str):
-        refiner = restoration_refiner(refiner or "svi")
-    started = time.perf_counter()
-    info: dict[str, Any] = {}
-    if posterior is None:
-        refined = refiner.refine(observed_model, filled, mask=full_mask)
-        posterior = refined.posterior
-        if refined.trace.numel():
-            info["refiner_nelbo"] = float(refined.trace[-1].mean())
-    else:
-        posterior.check_batch_size(y.shape[0])
-    refine_seconds = time.perf_counter() - started
-    info["refine_seconds"] = refine_seconds
-    log_likelihood = None
-    with seeded(stream_seed(seed, f"restore/{method}"), y.device):
-        if method == "conditional":
-            summary = conditional_summary(
-                observed_model, posterior, filled, full_mask, num_samples=num_samples, keep=keep
-            )
-            samples = summary.samples
-        elif method == "importance":
-            summary, log_likelihood = importance_summary(
-                observed_model, posterior, filled, full_mask, num_samples=num_samples,
-                keep=keep, reference=reference,
+        if method == "pseudo-gibbs":
+            if posterior is not None:
+                raise OptionError("pseudo-gibbs refines its own posteriors; it takes no posterior")
+            return _pseudo_gibbs(
+                observed_model, filled, full_mask, refiner, iterations, seed, fill, result,
+                reference, nll_samples,
             )  # fmt: skip
-            samples = summary.samples
-            info["effective_sample_size"] = summary.effective_sample_size
+        if refiner is None or isinstance(refiner, str):
+            refiner = restoration_refiner(refiner or "svi")
+        started = time.perf_counter()
+        info: dict[str, Any] = {}
+        if posterior is None:
+            refined = refiner.refine(observed_model, filled, mask=full_mask)
+            posterior = refined.posterior
+            if refined.trace.numel():
+                info["refiner_nelbo"] = float(refined.trace[-1].mean())
         else:
-            summary, log_likelihood, extra = metropolis_within_gibbs(
-                observed_model, posterior, filled, full_mask, iterations=iterations,
-                burn_in=burn_in, keep=keep, reference=reference,
-            )  # fmt: skip
-            samples = summary.samples
-            info.update(extra)
-    seconds = time.perf_counter() - started
-    info["sample_seconds"] = seconds - refine_seconds
-    if reference is not None and log_likelihood is None:
-        nll_started = time.perf_counter()
-        log_likelihood = conditional_nll_estimate(
-            observed_model, posterior, filled, full_mask, reference, nll_samples, seed
-        )
-        info["nll_seconds"] = time.perf_counter() - nll_started
-    return _finish(
-        observation, filled, full_mask, summary.mean, summary.variance.sqrt(), samples,
-        method, refiner.name, seconds, posterior, log_likelihood, info, result,
-    )  # fmt: skip
+            posterior.check_batch_size(y.shape[0])
+        refine_seconds = time.perf_counter() - started
+        info["refine_seconds"] = refine_seconds
+        log_likelihood = None
+        with seeded(stream_seed(seed, f"restore/{method}"), y.device):
+            if method == "conditional":
+                summary = conditional_summary(
+                    observed_model, posterior, filled, full_mask, num_samples=num_samples, keep=keep
+                )
+                samples = summary.samples
+            elif method == "importance":
+                summary, log_likelihood = importance_summary(
+                    observed_model, posterior, filled, full_mask, num_samples=num_samples,
+                    keep=keep, reference=reference,
+                )  # fmt: skip
+                samples = summary.samples
+                info["effective_sample_size"] = summary.effective_sample_size
+            else:
+                summary, log_likelihood, extra = metropolis_within_gibbs(
+                    observed_model, posterior, filled, full_mask, iterations=iterations,
+                    burn_in=burn_in, keep=keep, reference=reference,
+                )  # fmt: skip
+                samples = summary.samples
+                info.update(extra)
+        seconds = time.perf_counter() - started
+        info["sample_seconds"] = seconds - refine_seconds
+        if reference is not None and log_likelihood is None:
+            nll_started = time.perf_counter()
+            log_likelihood = conditional_nll_estimate(
+                observed_model, posterior, filled, full_mask, reference, nll_samples, seed
+            )
+            info["nll_seconds"] = time.perf_counter() - nll_started
+        return _finish(
+            observation, filled, full_mask, summary.mean, summary.variance.sqrt(), samples,
+            method, refiner.name, seconds, posterior, log_likelihood, info, result,
+        )  # fmt: skip
 
 
 def conditional_nll_estimate(

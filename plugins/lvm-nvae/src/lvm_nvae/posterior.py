@@ -20,9 +20,6 @@ References:
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import pyro
 import pyro.distributions as dist
 import torch
@@ -38,19 +35,9 @@ from lvmtoolkit import (
     GaussianPosterior,
     LocalPosterior,
     LvmError,
+    eval_mode,
     take_rows,
 )
-
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Batch norm with its running statistics, whatever mode the caller left it in."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 def posterior_dist(
@@ -187,7 +174,7 @@ class NVAELocalPosterior(LocalPosterior):
         n = x.shape[0]
         super().__init__(n)
         self.shared["model"] = model
-        with torch.no_grad(), _eval_mode(model):
+        with torch.no_grad(), eval_mode(model):
             features = model.encode(x)
         self.features = nn.Module()
         self.offset_loc = nn.ParameterDict()
