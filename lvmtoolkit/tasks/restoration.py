@@ -67,7 +67,7 @@ with 0.0075 and 0.601 with 0.03.
 
 ``svi`` keeps its own gradient estimator (sticking the landing). Reparameterised gradients
 scored 0.721 on those 50 digits (stl 0.715). Before the batch-norm fix, paired on 200
-held-out digits, the difference was +0.001 +- 0.003 on the NVAE and +0.000 +- 0.001 on
+held-out digits, the difference was +0.001 ± 0.003 on the NVAE and +0.000 ± 0.001 on
 the VAE (1,000 digits). That is not yet a reason to change a default."""
 
 KEEPS_OWN: dict[str, tuple[str, ...]] = {"svi-paper": ("lr",)}
