@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import warnings
@@ -43,6 +44,7 @@ from lvmtoolkit.core.elbo import DATA_PLATE
 from lvmtoolkit.core.likelihood import peel_independent
 from lvmtoolkit.core.model import Model
 from lvmtoolkit.core.posterior import AmortizedGaussianPosterior, GaussianParams, GaussianPosterior
+from lvmtoolkit.core.runtime import eval_mode
 from lvmtoolkit.errors import LvmError
 
 __all__ = [
@@ -99,17 +101,13 @@ def _probe(network: Callable[..., Any], value: torch.Tensor) -> Any:
     """``network(value)`` in eval mode without gradients, or None if it cannot run."""
     is_module = isinstance(network, nn.Module)
     device = next((p.device for p in network.parameters()), value.device) if is_module else None
-    was_training = network.training if is_module else False
-    if is_module:
-        network.eval()
+    # eval_mode gives each submodule its own mode back (a user's network may mix them).
+    mode = eval_mode(network) if is_module else contextlib.nullcontext()
     try:
-        with torch.no_grad():
+        with mode, torch.no_grad():
             return network(value.to(device) if device is not None else value)
     except Exception:
         return None
-    finally:
-        if is_module:
-            network.train(was_training)
 
 
 def _check_scale(raw: Any) -> None:

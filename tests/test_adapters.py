@@ -151,6 +151,18 @@ def test_torch_vae_reads_the_encoder_scale_as_declared(encoder_scale, raw):
     assert torch.allclose(scale, torch.full((2, 3), 2.0))
 
 
+def test_probing_the_networks_gives_each_submodule_its_own_mode_back():
+    """Building a TorchVAE runs the networks once in eval mode; a network whose parts are in
+    different modes (a frozen batch norm inside a training network) keeps them."""
+    encoder, decoder = TupleEncoder(), mlp_decoder(3)
+    frozen_part = next(m for m in decoder.modules() if m is not decoder)
+    frozen_part.eval()
+    modes = {m: m.training for net in (encoder, decoder) for m in net.modules()}
+    assert decoder.training and not frozen_part.training
+    TorchVAE(encoder, decoder, data_shape=(1, 28, 28), latent_shape=(3,))
+    assert all(m.training is mode for m, mode in modes.items())
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
