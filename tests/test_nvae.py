@@ -22,6 +22,11 @@ from lvmtoolkit.metrics import iwae_bound, nelbo
 from lvmtoolkit.plugins import get_backend, load_checkpoint
 from lvmtoolkit.refiners import SVIFlowRefiner, SVIRefiner, make_local_posterior
 from lvmtoolkit.refiners.svi import dimension_scale
+from lvmtoolkit.tasks.conditional import conditional_summary
+from lvmtoolkit.tasks.importance import importance_summary
+from lvmtoolkit.tasks.mwg import metropolis_within_gibbs
+from lvmtoolkit.tasks.observation_model import parse_observation
+from lvmtoolkit.tasks.observed_model import ObservedModel
 from lvmtoolkit.tasks.restoration import restoration_refiner, restore
 
 TINY = dict(
@@ -222,6 +227,39 @@ def test_restoration_leaves_the_model_as_it_found_it(trained, digits):
         assert all(m.training for m in trained.modules())
     finally:
         trained.eval()
+
+
+@pytest.mark.parametrize("sampler", ["conditional", "importance", "mwg"])
+def test_samplers_run_the_model_in_eval_mode_when_called_directly(trained, digits, sampler):
+    """The samplers behind `restore` are library functions too: called on a model left in
+    training mode they still use batch norm's running statistics, and hand every module
+    its mode back."""
+    observed = ObservedModel(trained, parse_observation("gaussian:variance=0.5"))
+    y = digits[:4].clamp(0.2, 0.8)
+    posterior = trained.amortized_posterior()
+
+    def mean():
+        with torch.random.fork_rng():
+            torch.manual_seed(5)
+            if sampler == "conditional":
+                return conditional_summary(observed, posterior, y, None, num_samples=3).mean
+            if sampler == "importance":
+                return importance_summary(observed, posterior, y, None, num_samples=3)[0].mean
+            summary, _, _ = metropolis_within_gibbs(
+                observed, posterior, y, None, iterations=3, burn_in=1
+            )
+            return summary.mean
+
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    expected = mean()
+    trained.train()
+    try:
+        assert torch.equal(mean(), expected)
+        assert all(m.training for m in trained.modules())
+    finally:
+        trained.eval()
+    after = trained.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 @pytest.mark.parametrize("cls", [NVAE, NVAEFlow])

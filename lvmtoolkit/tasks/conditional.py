@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from lvmtoolkit.core.posterior import Posterior
-from lvmtoolkit.core.runtime import mask_rows
+from lvmtoolkit.core.runtime import eval_mode, mask_rows
 from lvmtoolkit.metrics.conditional import posterior_latents
 from lvmtoolkit.tasks.observed_model import ObservedModel
 from lvmtoolkit.tasks.summary import PixelSummary
@@ -39,7 +39,8 @@ def conditional_summary(
     """Mean, variance and ``keep`` samples of p(x | y) under ``posterior`` as q(z | y).
 
     Args:
-        model: The backend seen through the observation model.
+        model: The backend seen through the observation model; run in eval mode (each
+            module gets its own mode back afterwards).
         posterior: q(z | y) for the N datapoints of ``y`` (refined, or the encoder's).
         y: ``(N, *data_shape)`` observations (unobserved pixels filled).
         mask: Observed-pixel mask, or None.
@@ -52,8 +53,9 @@ def conditional_summary(
         The summary; draws use torch's global RNG.
     """
     summary = PixelSummary(y.shape[0], tuple(y.shape[1:]), keep=keep, device=y.device)
-    for index, z in posterior_latents(
-        model, posterior, y, mask, num_samples=num_samples, max_rows=max_rows
-    ):
-        summary.add(index, model.pixel_posterior(z, y[index], mask_rows(mask, index, y)))
+    with eval_mode(model):
+        for index, z in posterior_latents(
+            model, posterior, y, mask, num_samples=num_samples, max_rows=max_rows
+        ):
+            summary.add(index, model.pixel_posterior(z, y[index], mask_rows(mask, index, y)))
     return summary

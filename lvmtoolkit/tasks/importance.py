@@ -25,7 +25,7 @@ import math
 import torch
 
 from lvmtoolkit.core.posterior import Posterior
-from lvmtoolkit.core.runtime import mask_rows
+from lvmtoolkit.core.runtime import eval_mode, mask_rows
 from lvmtoolkit.metrics.conditional import distinct_rows, weighted_latents
 from lvmtoolkit.tasks.observed_model import ObservedModel
 from lvmtoolkit.tasks.summary import PixelSummary
@@ -46,7 +46,8 @@ def importance_summary(
     """Importance-weighted mean, variance and resampled draws of p(x | y).
 
     Args:
-        model: The backend seen through the observation model.
+        model: The backend seen through the observation model; run in eval mode (each
+            module gets its own mode back afterwards).
         posterior: The proposal q(z | y) for the N datapoints of ``y``.
         y: ``(N, *data_shape)`` observations (unobserved pixels filled).
         mask: Observed-pixel mask, or None.
@@ -63,18 +64,19 @@ def importance_summary(
     n = y.shape[0]
     summary = PixelSummary(n, tuple(y.shape[1:]), keep=keep, device=y.device, weighted=True)
     numerator = torch.full((n,), -math.inf, dtype=torch.float64, device=y.device)
-    for index, z, log_w in weighted_latents(
-        model, posterior, y, mask, num_samples=num_samples, max_rows=max_rows
-    ):
-        pixels = model.pixel_posterior(z, y[index], mask_rows(mask, index, y))
-        summary.add(index, pixels, log_w)
-        if reference is not None:
-            count = distinct_rows(index)
-            target = pixels.log_prob(reference[index]).flatten(1).sum(1).double()
-            numerator[index[:count]] = torch.logaddexp(
-                numerator[index[:count]],
-                torch.logsumexp((log_w.double() + target).view(-1, count), dim=0),
-            )
+    with eval_mode(model):
+        for index, z, log_w in weighted_latents(
+            model, posterior, y, mask, num_samples=num_samples, max_rows=max_rows
+        ):
+            pixels = model.pixel_posterior(z, y[index], mask_rows(mask, index, y))
+            summary.add(index, pixels, log_w)
+            if reference is not None:
+                count = distinct_rows(index)
+                target = pixels.log_prob(reference[index]).flatten(1).sum(1).double()
+                numerator[index[:count]] = torch.logaddexp(
+                    numerator[index[:count]],
+                    torch.logsumexp((log_w.double() + target).view(-1, count), dim=0),
+                )
     log_likelihood = None
     if reference is not None:
         log_likelihood = (numerator - summary.log_total).float()

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from lvmtoolkit.core.posterior import Posterior
-from lvmtoolkit.core.runtime import chunks, mask_rows
+from lvmtoolkit.core.runtime import chunks, eval_mode, mask_rows
 from lvmtoolkit.metrics.conditional import weighted_latents
 from lvmtoolkit.tasks.observed_model import ObservedModel
 from lvmtoolkit.tasks.summary import PixelSummary
@@ -65,7 +65,8 @@ def metropolis_within_gibbs(
     """Run one chain per image; summarise p(x | y) from the iterations after ``burn_in``.
 
     Args:
-        model: The backend seen through the observation model.
+        model: The backend seen through the observation model; run in eval mode (each
+            module gets its own mode back afterwards).
         posterior: The proposal q(z | y) for the N datapoints of ``y``.
         y: ``(N, *data_shape)`` observations (unobserved pixels filled).
         mask: Observed-pixel mask, or None.
@@ -87,30 +88,31 @@ def metropolis_within_gibbs(
     kept_at = {burn_in + 1 + (s * (iterations - burn_in)) // max(keep, 1): s for s in range(keep)}
     log_likelihood = torch.full((n,), -math.inf, dtype=torch.float64, device=y.device)
     accepted = torch.zeros(n, device=y.device)
-    z, log_w = _propose(model, posterior, y, mask, max_rows)
-    for t in range(1, iterations + 1):
-        if t > 1:
-            proposal, proposal_log_w = _propose(model, posterior, y, mask, max_rows)
-            log_u = torch.rand(n, device=y.device).log()
-            accept = log_u < (proposal_log_w - log_w)
-            accepted += accept.float()
-            for name, value in z.items():
-                view = (-1,) + (1,) * (value.dim() - 1)
-                z[name] = torch.where(accept.view(view), proposal[name], value)
-            log_w = torch.where(accept, proposal_log_w, log_w)
-        if t <= burn_in:
-            continue
-        for part in chunks(n, max_rows):
-            rows = torch.arange(part.start, part.stop, device=y.device)
-            pixels = model.pixel_posterior(
-                {k: v[part] for k, v in z.items()}, y[part], mask_rows(mask, part, y)
-            )
-            summary.add(rows, pixels)
-            if t in kept_at:
-                samples[kept_at[t], part] = pixels.sample().float()
-            if reference is not None:
-                target = pixels.log_prob(reference[part]).flatten(1).sum(1).double()
-                log_likelihood[part] = torch.logaddexp(log_likelihood[part], target)
+    with eval_mode(model):
+        z, log_w = _propose(model, posterior, y, mask, max_rows)
+        for t in range(1, iterations + 1):
+            if t > 1:
+                proposal, proposal_log_w = _propose(model, posterior, y, mask, max_rows)
+                log_u = torch.rand(n, device=y.device).log()
+                accept = log_u < (proposal_log_w - log_w)
+                accepted += accept.float()
+                for name, value in z.items():
+                    view = (-1,) + (1,) * (value.dim() - 1)
+                    z[name] = torch.where(accept.view(view), proposal[name], value)
+                log_w = torch.where(accept, proposal_log_w, log_w)
+            if t <= burn_in:
+                continue
+            for part in chunks(n, max_rows):
+                rows = torch.arange(part.start, part.stop, device=y.device)
+                pixels = model.pixel_posterior(
+                    {k: v[part] for k, v in z.items()}, y[part], mask_rows(mask, part, y)
+                )
+                summary.add(rows, pixels)
+                if t in kept_at:
+                    samples[kept_at[t], part] = pixels.sample().float()
+                if reference is not None:
+                    target = pixels.log_prob(reference[part]).flatten(1).sum(1).double()
+                    log_likelihood[part] = torch.logaddexp(log_likelihood[part], target)
     summary.samples = samples
     estimate = None
     if reference is not None:
