@@ -5,7 +5,8 @@ contributes its rows; the page's tables (between the ``<!-- tables:start -->`` a
 ``<!-- tables:end -->`` markers) are regenerated from them, so no number is typed by hand.
 Two runs that score the same backend, kind, method and refiner on the same number of
 images are refused: which one the page shows would otherwise depend on file order (on
-different numbers of images both rows are shown, the larger run first).
+different numbers of images both rows are shown, the larger run first). A run of a
+checkpoint other than the backend's bundled one is labelled with the checkpoint's folder.
 
 Usage:
     python scripts/restoration_tables.py [--check]
@@ -19,6 +20,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from lvmtoolkit.plugins import get_backend
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 PAGE = RESULTS / "restoration.md"
@@ -51,6 +54,26 @@ def canonical_kind(run: dict, kind: str) -> str:
     return f"{name}:{','.join(kept)}" if kept else name
 
 
+def backend_label(backend: str, checkpoint: str) -> str:
+    """The backend's name for its bundled checkpoint; otherwise the name and the checkpoint
+    folder's, e.g. ``nvae-flow (nvae-flow-150-epochs)``, so a row from another model is
+    never shown as the bundled one's."""
+    default = get_backend(backend).default_checkpoint()
+    if not checkpoint or (default is not None and Path(checkpoint).name == default.name):
+        return backend
+    return f"{backend} ({Path(checkpoint).name})"
+
+
+def ordered_labels(corrupted: dict, task: str, kind: str) -> list[str]:
+    """Each backend of `BACKENDS`, followed by its rows from other checkpoints."""
+    present = {label for t, k, label in corrupted if (t, k) == (task, kind)}
+    labels = []
+    for backend in BACKENDS:
+        labels += [backend] if backend in present else []
+        labels += sorted(label for label in present if label.startswith(f"{backend} ("))
+    return labels
+
+
 def collect(paths: list[Path]) -> tuple[dict, dict]:
     # Rows and the corrupted input's scores by number of images: rows of one backend may
     # come from runs of different sizes.
@@ -62,8 +85,9 @@ def collect(paths: list[Path]) -> tuple[dict, dict]:
             continue  # not an `lvm evaluate` run (e.g. the defaults benchmark)
         images = int(run["protocol"]["images"].split()[1])
         for backend, kinds in run["results"].items():
+            label = backend_label(backend, run["backends"].get(backend, ""))
             for kind, result in kinds.items():
-                key = (run["task"], canonical_kind(run, kind), backend)
+                key = (run["task"], canonical_kind(run, kind), label)
                 corrupted.setdefault(key, {}).setdefault(images, result["corrupted"])
                 for method, refiners in result["methods"].items():
                     for refiner, scores in refiners.items():
@@ -86,9 +110,7 @@ def table(task: str, kind: str, rows: dict, corrupted: dict) -> list[str]:
         "| backend | images | method | refiner | SSIM ↑ | NLL ↓ | FID ↓ | s / image |",
         "|---|---:|---|---|---:|---:|---:|---:|",
     ]
-    for backend in BACKENDS:
-        if (task, kind, backend) not in corrupted:
-            continue
+    for backend in ordered_labels(corrupted, task, kind):
         for images, scores in sorted(corrupted[(task, kind, backend)].items(), reverse=True):
             lines.append(
                 f"| {backend} | {images} | *(corrupted input)* | | {scores['ssim']:.3f} ± "

@@ -6,6 +6,7 @@ test named after it, and every `lvm` command's help says what it does, with an e
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import re
 import subprocess
@@ -108,3 +109,22 @@ def test_restoration_tables_are_the_run_jsons():
         text=True,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_restoration_rows_of_another_checkpoint_are_labelled_with_it():
+    # A run of a checkpoint the user trained must never appear as the bundled model's row.
+    spec = importlib.util.spec_from_file_location(
+        "restoration_tables", ROOT / "scripts" / "restoration_tables.py"
+    )
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    bundled = tables.get_backend("vae").default_checkpoint()
+    assert tables.backend_label("vae", str(bundled)) == "vae"
+    assert tables.backend_label("vae", "/tmp/runs/vae-long") == "vae (vae-long)"
+    corrupted = {
+        ("denoise", "g", "vae (vae-long)"): {},
+        ("denoise", "g", "gmvae"): {},
+        ("denoise", "g", "vae"): {},
+        ("inpaint", "g", "nvae"): {},
+    }
+    assert tables.ordered_labels(corrupted, "denoise", "g") == ["vae", "vae (vae-long)", "gmvae"]
