@@ -6,7 +6,9 @@ contributes its rows; the page's tables (between the ``<!-- tables:start -->`` a
 Two runs that score the same backend, kind, method and refiner on the same number of
 images are refused: which one the page shows would otherwise depend on file order (on
 different numbers of images both rows are shown, the larger run first). A run of a
-checkpoint other than the backend's bundled one is labelled with the checkpoint's folder.
+checkpoint other than the backend's bundled one is labelled with the checkpoint's folder;
+a run with other refiner options or sample counts than the defaults is refused (keep such
+runs under another name, e.g. ``longer-training-*.json``).
 
 Usage:
     python scripts/restoration_tables.py [--check]
@@ -74,6 +76,28 @@ def ordered_labels(corrupted: dict, task: str, kind: str) -> list[str]:
     return labels
 
 
+def off_defaults(run: dict) -> list[str]:
+    """What a run changed from the defaults it recorded: refiner options (``-o``) and the
+    methods' sample or iteration counts. The table's rows are the defaults' rows."""
+    changed = []
+    defaults = run["protocol"].get("restoration_refiner_defaults", {})
+    for refiner, options in run["refiners"].items():
+        for key, default in defaults.items():
+            if key in options and not _same(options[key], default):
+                changed.append(f"{refiner}.{key}={options[key]} (default {default})")
+    for key in ("num_samples", "iterations"):
+        if run["protocol"].get(key) is not None:
+            changed.append(f"{key}={run['protocol'][key]}")
+    return changed
+
+
+def _same(value: object, default: object) -> bool:
+    try:
+        return float(value) == float(default)  # options are recorded as text
+    except (TypeError, ValueError):
+        return str(value) == str(default)
+
+
 def collect(paths: list[Path]) -> tuple[dict, dict]:
     # Rows and the corrupted input's scores by number of images: rows of one backend may
     # come from runs of different sizes.
@@ -83,6 +107,9 @@ def collect(paths: list[Path]) -> tuple[dict, dict]:
         run = json.loads(path.read_text())
         if "task" not in run:
             continue  # not an `lvm evaluate` run (e.g. the defaults benchmark)
+        changed = off_defaults(run)
+        if changed:
+            sys.exit(f"{path.name} was not run with the defaults ({', '.join(changed)})")
         images = int(run["protocol"]["images"].split()[1])
         for backend, kinds in run["results"].items():
             label = backend_label(backend, run["backends"].get(backend, ""))

@@ -111,13 +111,19 @@ def test_restoration_tables_are_the_run_jsons():
     assert done.returncode == 0, done.stderr
 
 
-def test_restoration_rows_of_another_checkpoint_are_labelled_with_it():
-    # A run of a checkpoint the user trained must never appear as the bundled model's row.
+def _restoration_tables():
+    """scripts/restoration_tables.py as a module (scripts/ is not a package)."""
     spec = importlib.util.spec_from_file_location(
         "restoration_tables", ROOT / "scripts" / "restoration_tables.py"
     )
     tables = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tables)
+    return tables
+
+
+def test_restoration_rows_of_another_checkpoint_are_labelled_with_it():
+    # A run of a checkpoint the user trained must never appear as the bundled model's row.
+    tables = _restoration_tables()
     bundled = tables.get_backend("vae").default_checkpoint()
     assert tables.backend_label("vae", str(bundled)) == "vae"
     assert tables.backend_label("vae", "/tmp/runs/vae-long") == "vae (vae-long)"
@@ -128,3 +134,18 @@ def test_restoration_rows_of_another_checkpoint_are_labelled_with_it():
         ("inpaint", "g", "nvae"): {},
     }
     assert tables.ordered_labels(corrupted, "denoise", "g") == ["vae", "vae (vae-long)", "gmvae"]
+
+
+def test_restoration_tables_refuse_runs_off_the_defaults():
+    # A row run with `-o steps=1000 --samples 128` must not appear as the default svi row.
+    tables = _restoration_tables()
+    run = {
+        "refiners": {"svi": {"steps": "300", "lr": "0.2", "lr_scaling": "none"}},
+        "protocol": {
+            "restoration_refiner_defaults": {"steps": 300, "lr": 0.2, "lr_scaling": "none"}
+        },
+    }
+    assert tables.off_defaults(run) == []
+    run["refiners"]["svi"]["steps"] = "1000"
+    run["protocol"]["num_samples"] = 128
+    assert tables.off_defaults(run) == ["svi.steps=1000 (default 300)", "num_samples=128"]
