@@ -1,7 +1,8 @@
-"""Paired SSIM difference between two option sets of one restoration refiner.
+"""Paired SSIM difference between two option sets of a restoration refiner, or two models.
 
 Restores the same corrupted digits twice with conditional inference, once with refiner
-options A and once with options B (each given over the restoration defaults), and reports
+options A and once with options B (each given over the restoration defaults; with
+``--checkpoint-b``, B also restores with that model), and reports
 the per-image SSIM difference B - A: its mean, the standard error of that mean (paired:
 the images' own difficulty cancels) and the fraction of images on which B is better. This
 is the measurement behind a default chosen between two settings; an unpaired comparison
@@ -17,6 +18,8 @@ Usage:
         --kind gaussian:variance=0.5 --a "gradient=stl" --b "gradient=reparam" --num 200
     python scripts/paired_refiner_difference.py --dataset mnist --data-dir ../shared/data/mnist \
         --kind centre --b "steps=1000" --num 50
+    python scripts/paired_refiner_difference.py --backend nvae-flow --dataset mnist \
+        --data-dir ../shared/data/mnist --checkpoint-b runs/nvae-flow-150-epochs --num 200
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ def main() -> None:
     parser.add_argument("--kind", default="gaussian:variance=0.5", help="mask kind or noise model")
     parser.add_argument("--refiner", default="svi")
     parser.add_argument("--a", default="", help="options A, KEY=VALUE,... (default: none)")
-    parser.add_argument("--b", required=True, help="options B, KEY=VALUE,...")
+    parser.add_argument("--b", default="", help="options B, KEY=VALUE,... (default: none)")
+    parser.add_argument("--checkpoint-b", help="B's checkpoint folder (default: A's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="also write the per-image SSIMs and the summary here")
     args = parser.parse_args()
@@ -58,6 +62,10 @@ def main() -> None:
     if path is None:
         raise SystemExit(f"{args.backend} ships no checkpoint; give --checkpoint")
     model = load_checkpoint(path, backend=args.backend).eval()
+    path_b = args.checkpoint_b or path
+    model_b = load_checkpoint(path_b, backend=args.backend).eval() if args.checkpoint_b else model
+    if not args.checkpoint_b and args.a == args.b:
+        raise SystemExit("A and B are the same: give --b or --checkpoint-b")
     dataset = (
         get_dataset(args.dataset)(args.data_dir) if args.data_dir else get_dataset(args.dataset)()
     )
@@ -68,12 +76,14 @@ def main() -> None:
     data = corrupt(task, args.kind, clean)
 
     scores, seconds = {}, {}
-    for label, spec in (("a", args.a), ("b", args.b)):
+    for label, spec, restorer in (("a", args.a, model), ("b", args.b, model_b)):
         # Values stay text: the refiner's options class converts and checks them.
         options = dict(pair.split("=", 1) for pair in spec.split(",") if pair)
         refiner = restoration_refiner(args.refiner, **options)
         started = time.perf_counter()
-        restored = restore(model, data.corrupted, observation, mask=data.observed, refiner=refiner)
+        restored = restore(
+            restorer, data.corrupted, observation, mask=data.observed, refiner=refiner
+        )
         seconds[label] = time.perf_counter() - started
         scores[label] = ssim(restored.images, clean)
     difference = scores["b"] - scores["a"]
@@ -81,6 +91,7 @@ def main() -> None:
     summary = {
         "backend": args.backend,
         "checkpoint": str(path),
+        "checkpoint_b": str(path_b),
         "images": f"first {args.num} of {args.dataset} {args.split}",
         "kind": args.kind,
         "refiner": args.refiner,
@@ -94,9 +105,11 @@ def main() -> None:
         "seconds_a": round(seconds["a"], 1),
         "seconds_b": round(seconds["b"], 1),
     }
+    model_b_note = f", {path_b}" if args.checkpoint_b else ""
     print(
         f"{args.backend} {args.kind} n={args.num}: A ({args.a or 'defaults'}) "
-        f"{summary['ssim_a']:.4f}, B ({args.b}) {summary['ssim_b']:.4f}; "
+        f"{summary['ssim_a']:.4f}, B ({args.b or 'defaults'}{model_b_note}) "
+        f"{summary['ssim_b']:.4f}; "
         f"B - A = {summary['b_minus_a']:+.4f} ± {sem:.4f} (paired sem); "
         f"B better on {summary['b_better_on']:.2f} of images"
     )
