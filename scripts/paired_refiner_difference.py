@@ -56,6 +56,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="also write the per-image SSIMs and the summary here")
     args = parser.parse_args()
+    if args.num < 2:
+        raise SystemExit(f"--num must be at least 2 for a standard error, got {args.num}")
     torch.set_num_threads(args.threads)
 
     path = args.checkpoint or get_backend(args.backend).default_checkpoint()
@@ -77,8 +79,11 @@ def main() -> None:
 
     scores, seconds = {}, {}
     for label, spec, restorer in (("a", args.a, model), ("b", args.b, model_b)):
+        pairs = [pair for pair in spec.split(",") if pair]
+        if any("=" not in pair for pair in pairs):
+            raise SystemExit(f"--{label}: expected KEY=VALUE,..., got {spec!r}")
         # Values stay text: the refiner's options class converts and checks them.
-        options = dict(pair.split("=", 1) for pair in spec.split(",") if pair)
+        options = dict(pair.split("=", 1) for pair in pairs)
         refiner = restoration_refiner(args.refiner, **options)
         started = time.perf_counter()
         restored = restore(
