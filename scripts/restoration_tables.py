@@ -80,14 +80,18 @@ def off_defaults(run: dict) -> list[str]:
     """What a run changed from the defaults it recorded: refiner options (``-o``) and the
     methods' sample or iteration counts. The table's rows are the defaults' rows."""
     changed = []
-    defaults = run["protocol"].get("restoration_refiner_defaults", {})
-    for refiner, options in run["refiners"].items():
-        for key, default in defaults.items():
-            if key in options and not _same(options[key], default):
-                changed.append(f"{refiner}.{key}={options[key]} (default {default})")
+    protocol = run["protocol"]
+    for refiners, defaults, where in (
+        (run["refiners"], protocol.get("restoration_refiner_defaults", {}), ""),
+        (protocol.get("chain_refiners", {}), protocol.get("chain_refiner_defaults", {}), "chain "),
+    ):
+        for refiner, options in refiners.items():
+            for key, default in defaults.items():
+                if key in options and not _same(options[key], default):
+                    changed.append(f"{where}{refiner}.{key}={options[key]} (default {default})")
     for key in ("num_samples", "iterations"):
-        if run["protocol"].get(key) is not None:
-            changed.append(f"{key}={run['protocol'][key]}")
+        if protocol.get(key) is not None:
+            changed.append(f"{key}={protocol[key]}")
     return changed
 
 

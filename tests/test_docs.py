@@ -149,3 +149,12 @@ def test_restoration_tables_refuse_runs_off_the_defaults():
     run["refiners"]["svi"]["steps"] = "1000"
     run["protocol"]["num_samples"] = 128
     assert tables.off_defaults(run) == ["svi.steps=1000 (default 300)", "num_samples=128"]
+    # The chain's refiners are checked against the chain's own per-iteration defaults.
+    chain = {
+        "refiners": {},
+        "protocol": {
+            "chain_refiner_defaults": {"steps": 10},
+            "chain_refiners": {"svi": {"steps": 20}},
+        },
+    }
+    assert tables.off_defaults(chain) == ["chain svi.steps=20 (default 10)"]
