@@ -204,11 +204,31 @@ def test_frozen_gives_every_module_back_its_own_mode():
     assert not any(m.training for m in model.modules())
 
 
+def state_of(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_state_unchanged(model, before):
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def assert_runs_in_eval_mode(model, run, expected):
+    """``run()`` on ``model`` left in training mode gives ``expected`` (its result in eval
+    mode) and hands every module its training mode back."""
+    model.train()
+    try:
+        assert torch.equal(run(), expected)
+        assert all(m.training for m in model.modules())
+    finally:
+        model.eval()
+
+
 def test_restoration_leaves_the_model_as_it_found_it(trained, digits):
     """Restoration runs the model in eval mode and changes none of its parameters or
     batch-norm statistics, so a row does not depend on the rows restored before it."""
     y = digits[:6].clamp(0.2, 0.8)
-    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    before = state_of(trained)
 
     def svi_mean():
         svi = restoration_refiner("svi", steps=20)
@@ -218,15 +238,9 @@ def test_restoration_leaves_the_model_as_it_found_it(trained, digits):
     restore(trained, y, "gaussian:variance=0.5", refiner="amortized")
     assert torch.equal(svi_mean(), first)
     assert not any(m.training for m in trained.modules())
-    after = trained.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert_state_unchanged(trained, before)
     # A model left in training mode is restored in eval mode and handed back training.
-    trained.train()
-    try:
-        assert torch.equal(svi_mean(), first)
-        assert all(m.training for m in trained.modules())
-    finally:
-        trained.eval()
+    assert_runs_in_eval_mode(trained, svi_mean, first)
 
 
 @pytest.mark.parametrize("sampler", ["conditional", "importance", "mwg"])
@@ -250,16 +264,9 @@ def test_samplers_run_the_model_in_eval_mode_when_called_directly(trained, digit
             )
             return summary.mean
 
-    before = {k: v.clone() for k, v in trained.state_dict().items()}
-    expected = mean()
-    trained.train()
-    try:
-        assert torch.equal(mean(), expected)
-        assert all(m.training for m in trained.modules())
-    finally:
-        trained.eval()
-    after = trained.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    before = state_of(trained)
+    assert_runs_in_eval_mode(trained, mean, mean())
+    assert_state_unchanged(trained, before)
 
 
 @pytest.mark.parametrize("cls", [NVAE, NVAEFlow])
