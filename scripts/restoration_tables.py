@@ -6,9 +6,10 @@ contributes its rows; the page's tables (between the ``<!-- tables:start -->`` a
 Two runs that score the same backend, kind, method and refiner on the same number of
 images are refused: which one the page shows would otherwise depend on file order (on
 different numbers of images both rows are shown, the larger run first). A run of a
-checkpoint other than the backend's bundled one is labelled with the checkpoint's folder;
-a run with other refiner options or sample counts than the defaults is refused (keep such
-runs under another name, e.g. ``longer-training-*.json``).
+checkpoint other than the backend's bundled one (told by its weights' digest where the run
+recorded it) is labelled with the checkpoint's folder; a run with other refiner options or
+sample counts than the defaults is refused (keep such runs under another name, e.g.
+``longer-training-*.json``).
 
 Usage:
     python scripts/restoration_tables.py [--check]
@@ -19,11 +20,13 @@ With ``--check`` the page is not written; the script fails if it is out of date.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
 
-from lvmtoolkit.plugins import get_backend
+from lvmtoolkit.jobs import parameters_sha256
+from lvmtoolkit.plugins import get_backend, load_backend_model
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 PAGE = RESULTS / "restoration.md"
@@ -56,14 +59,28 @@ def canonical_kind(run: dict, kind: str) -> str:
     return f"{name}:{','.join(kept)}" if kept else name
 
 
-def backend_label(backend: str, checkpoint: str) -> str:
+def backend_label(backend: str, checkpoint: str, digest: str | None = None) -> str:
     """The backend's name for its bundled checkpoint; otherwise the name and the checkpoint
     folder's, e.g. ``nvae-flow (nvae-flow-150-epochs)``, so a row from another model is
-    never shown as the bundled one's."""
-    default = get_backend(backend).default_checkpoint()
-    if not checkpoint or (default is not None and Path(checkpoint).name == default.name):
-        return backend
-    return f"{backend} ({Path(checkpoint).name})"
+    never shown as the bundled one's.
+
+    A run that recorded its weights' digest (``parameters_sha256``) is the bundled model's
+    only if the digests agree; older runs recorded only the path, and are judged by its
+    folder name."""
+    if digest is not None:
+        same = digest == bundled_digest(backend)
+    else:
+        default = get_backend(backend).default_checkpoint()
+        same = not checkpoint or (default is not None and Path(checkpoint).name == default.name)
+    return backend if same else f"{backend} ({Path(checkpoint).name})"
+
+
+@functools.cache
+def bundled_digest(backend: str) -> str | None:
+    """``parameters_sha256`` of the backend's bundled model (None if it ships none)."""
+    if get_backend(backend).default_checkpoint() is None:
+        return None
+    return parameters_sha256(load_backend_model(backend)[0])
 
 
 def ordered_labels(corrupted: dict, task: str, kind: str) -> list[str]:
@@ -116,7 +133,11 @@ def collect(paths: list[Path]) -> tuple[dict, dict]:
             sys.exit(f"{path.name} was not run with the defaults ({', '.join(changed)})")
         images = int(run["protocol"]["images"].split()[1])
         for backend, kinds in run["results"].items():
-            label = backend_label(backend, run["backends"].get(backend, ""))
+            label = backend_label(
+                backend,
+                run["backends"].get(backend, ""),
+                run.get("parameters_sha256", {}).get(backend),
+            )
             for kind, result in kinds.items():
                 key = (run["task"], canonical_kind(run, kind), label)
                 corrupted.setdefault(key, {}).setdefault(images, result["corrupted"])

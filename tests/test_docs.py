@@ -127,6 +127,11 @@ def test_restoration_rows_of_another_checkpoint_are_labelled_with_it():
     bundled = tables.get_backend("vae").default_checkpoint()
     assert tables.backend_label("vae", str(bundled)) == "vae"
     assert tables.backend_label("vae", "/tmp/runs/vae-long") == "vae (vae-long)"
+    # A run that recorded its weights' digest is judged by it, not by the folder's name.
+    digest = tables.bundled_digest("vae")
+    assert tables.backend_label("vae", "/tmp/x/vae-copy", digest) == "vae"
+    other = "/tmp/x/" + bundled.name
+    assert tables.backend_label("vae", other, "0" * 64) == f"vae ({bundled.name})"
     corrupted = {
         ("denoise", "g", "vae (vae-long)"): {},
         ("denoise", "g", "gmvae"): {},

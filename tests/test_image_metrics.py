@@ -205,6 +205,11 @@ def test_fid_inception_end_to_end_through_the_cli(standin_inception):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["protocol"]["fid"] == "FID (Inception, 64 features)"
+    # The report names the weights that made its rows, not only the folder they came from.
+    from lvmtoolkit.jobs import parameters_sha256
+    from lvmtoolkit.plugins import load_backend_model
+
+    assert report["parameters_sha256"] == {"vae": parameters_sha256(load_backend_model("vae")[0])}
     rows = report["results"]["vae"]["centre"]
     scored = [rows["corrupted"], *(m["amortized"] for m in rows["methods"].values())]
     assert len(scored) >= 2  # the corrupted input and at least one restoration method

@@ -290,6 +290,7 @@ def _evaluate(
     from lvmtoolkit.core.runtime import resolve_device, set_threads
     from lvmtoolkit.errors import OptionError
     from lvmtoolkit.images import check_writable, save_grid
+    from lvmtoolkit.jobs import parameters_sha256
     from lvmtoolkit.metrics.fid import feature_extractor
     from lvmtoolkit.plugins import get_dataset
     from lvmtoolkit.tasks.evaluation import (
@@ -332,6 +333,8 @@ def _evaluate(
         models, used, skipped = user_models(model_spec, backends, checkpoint_paths, torch_device)
     else:
         models, used, skipped = _select_models(_names(backends), checkpoint_paths, torch_device)
+    # Which weights made the rows, independent of the folder they were loaded from.
+    digests = {name: parameters_sha256(model) for name, model in models.items()}
     if data:
         images, dataset = data_images(data, models, num_images), ", ".join(data)
     else:
@@ -369,6 +372,7 @@ def _evaluate(
     report = {
         "task": task,
         "backends": used,
+        "parameters_sha256": digests,
         "skipped_backends": skipped,
         "refiners": {
             name: {k: str(v) for k, v in options.items()}
