@@ -34,11 +34,9 @@ from pathlib import Path
 
 import torch
 
-from lvmtoolkit.core.checkpoint import save_checkpoint
+from lvmtoolkit.core.checkpoint import WEIGHTS_FILE, save_checkpoint
 from lvmtoolkit.core.runtime import set_threads
-from lvmtoolkit.core.training import train
-from lvmtoolkit.data import EVAL_BINARIZATION_SEED
-from lvmtoolkit.metrics import nelbo
+from lvmtoolkit.core.training import held_out_nelbo, train
 from lvmtoolkit.plugins import get_backend, get_dataset
 
 
@@ -61,7 +59,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("-o", "--output", required=True, type=Path)
     args = parser.parse_args()
-    if (args.output / "model.safetensors").exists():
+    if (args.output / WEIGHTS_FILE).exists():
         raise SystemExit(f"{args.output} already holds a checkpoint; choose another folder")
     set_threads(args.threads)
 
@@ -86,15 +84,9 @@ def main() -> None:
             print(f"epoch {epoch}/{total} NELBO {loss:.2f} ({elapsed / 60:.1f} min)", flush=True)
 
     summary = train(model, training, epochs=args.epochs, seed=args.seed, progress=progress)
-    model.eval()
-    held_out = model.evaluation_data(five_k.load("test").images)
-    with torch.no_grad():
-        value = nelbo(model, model.amortized_posterior(), held_out, num_samples=16).mean()
-    summary["test_nelbo"] = round(value.item(), 4)
-    summary["eval_protocol"] = (
-        f"mnist-5k test split: 16 samples per image, fixed binarisation seed "
-        f"{EVAL_BINARIZATION_SEED}, all {held_out.shape[0]} images"
-    )
+    scored = held_out_nelbo(model, five_k.load("test").images)
+    summary["test_nelbo"] = scored["nelbo"]
+    summary["eval_protocol"] = f"mnist-5k test split: {scored['eval_protocol']}"
     description = {
         "dataset": "mnist-5k train + official MNIST test",
         "split": f"mnist-5k train, official test digits {args.skip_first}-{official.shape[0] - 1}",

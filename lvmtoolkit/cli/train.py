@@ -119,10 +119,9 @@ def train(
     from lvmtoolkit.core.model import config_from_dict
     from lvmtoolkit.core.options import type_problem
     from lvmtoolkit.core.runtime import resolve_device, set_threads
+    from lvmtoolkit.core.training import held_out_nelbo
     from lvmtoolkit.core.training import train as train_model
-    from lvmtoolkit.data import EVAL_BINARIZATION_SEED
     from lvmtoolkit.errors import LvmError
-    from lvmtoolkit.metrics import nelbo
     from lvmtoolkit.plugins import get_backend, get_dataset
 
     set_threads(threads)
@@ -172,17 +171,9 @@ def train(
             progress=lambda epoch, total, loss: progress.update(task, completed=epoch, loss=loss),
         )
     if eval_split:
-        held_out = model.evaluation_data(data_source.load(eval_split).images).to(torch_device)
-        value = nelbo(model, model.amortized_posterior(), held_out, num_samples=16).mean()
-        summary[f"{eval_split}_nelbo"] = round(value.item(), 4)
-        seen_as = (
-            f"fixed binarisation seed {EVAL_BINARIZATION_SEED}"
-            if model.binary_data
-            else "grey levels (not binarised)"
-        )
-        summary["eval_protocol"] = (
-            f"16 samples per image, {seen_as}, all {held_out.shape[0]} images"
-        )
+        scored = held_out_nelbo(model, data_source.load(eval_split).images)
+        summary[f"{eval_split}_nelbo"] = scored["nelbo"]
+        summary["eval_protocol"] = scored["eval_protocol"]
     _check_output(Path(output), overwrite)  # it may have appeared while training
     description = {**data.description, "binarization": summary["binarization"]}
     description.pop("source", None)
