@@ -31,6 +31,7 @@ import time
 
 import torch
 
+from lvmtoolkit.core.provenance import refuse_scoring_training_images
 from lvmtoolkit.data import binarize_fixed
 from lvmtoolkit.errors import LvmError
 from lvmtoolkit.metrics.ssim import ssim
@@ -72,6 +73,10 @@ def main() -> None:
         get_dataset(args.dataset)(args.data_dir) if args.data_dir else get_dataset(args.dataset)()
     )
     images = dataset.load(args.split).images[: args.num]
+    for where, loaded in ((path, model), (path_b, model_b)):
+        refuse_scoring_training_images(
+            loaded.checkpoint_info, args.dataset, args.split, images.shape[0], str(where)
+        )
     clean = binarize_fixed(images) if getattr(model, "binary_data", True) else images
     task = "inpaint" if args.kind in MASK_KINDS else "denoise"
     observation = observation_of(task, args.kind)

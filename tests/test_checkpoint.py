@@ -5,6 +5,11 @@ import torch
 from safetensors.torch import save_file
 
 from lvmtoolkit.core.checkpoint import read_checkpoint_info, save_checkpoint
+from lvmtoolkit.core.provenance import (
+    image_range,
+    refuse_scoring_training_images,
+    scored_training_images,
+)
 from lvmtoolkit.errors import CheckpointError
 from lvmtoolkit.plugins import load_checkpoint
 
@@ -92,3 +97,36 @@ def test_checkpoint_files_get_the_usual_mode(tiny_vae, tmp_path):
         os.umask(umask)
     for name in ("model.safetensors", "config.json"):
         assert (folder / name).stat().st_mode & 0o777 == 0o644
+
+
+def test_trained_on_ranges_found_in_the_scored_images(tiny_vae, tmp_path):
+    trained = [image_range("mnist-5k", "train", 0, 4000), image_range("mnist", "test", 1000, 10000)]
+    folder = save_checkpoint(tiny_vae, tmp_path / "ckpt", data={"trained_on": trained})
+    info = load_checkpoint(folder).checkpoint_info
+    assert scored_training_images(info, "mnist", "test", 1000) is None
+    assert scored_training_images(info, "mnist", "test", 1001) == (1000, 1000)
+    assert scored_training_images(info, "mnist", "test", 20000) == (1000, 9999)
+    assert scored_training_images(info, "mnist", "train", 20000) is None
+    assert scored_training_images(info, "mnist-5k", "train", 5) == (0, 4)
+    refuse_scoring_training_images(info, "mnist", "test", 1000, str(folder))
+    with pytest.raises(CheckpointError, match=r"mnist test images 1000-1999, which the first 2000"):
+        refuse_scoring_training_images(info, "mnist", "test", 2000, str(folder))
+    # A checkpoint without the record (the bundled ones) is not checked.
+    refuse_scoring_training_images({"data": {}}, "mnist", "test", 10, "x")
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"dataset": "mnist", "split": "test"},
+        {"dataset": "mnist", "split": "test", "start": 5, "stop": 5},
+        {"dataset": "mnist", "split": "test", "start": -1, "stop": 5},
+        {"dataset": "mnist", "split": "test", "start": True, "stop": 5},
+        "mnist test 0-99",
+    ],
+)
+def test_malformed_trained_on_is_refused_not_ignored(record):
+    with pytest.raises(CheckpointError, match="trained_on"):
+        scored_training_images({"data": {"trained_on": [record]}}, "mnist", "test", 10, "x")
+    with pytest.raises(CheckpointError, match="must be a list"):
+        scored_training_images({"data": {"trained_on": record}}, "mnist", "test", 10, "x")

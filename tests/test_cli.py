@@ -118,6 +118,20 @@ def test_train_writes_a_loadable_checkpoint(tmp_path):
         "--json",
     )
     assert result.exit_code == 0, result.output
+    # The checkpoint records what it was trained on, and evaluation will not score it.
+    assert info["data"]["trained_on"] == [
+        {"dataset": "mnist-5k", "split": "train", "start": 0, "stop": info["data"]["size"]}
+    ]
+    evaluate = ("evaluate", "denoise", "--backend", "vae", "--checkpoint", f"vae={out}",
+                "--refiner", "amortized", "--num-images", "2", "--nll-samples", "2",
+                "--fid-features", "none", "--threads", "1", "--json")  # fmt: skip
+    refused = run(*evaluate, "--split", "train")
+    assert refused.exit_code != 0 and refused.stdout == ""
+    assert refused.stderr.startswith("Error: ") and len(refused.stderr.strip().splitlines()) == 1
+    assert f"{out} was trained on mnist-5k train images 0-1" in refused.stderr, refused.stderr
+    held_out = run(*evaluate, "--split", "test")
+    assert held_out.exit_code == 0, held_out.output
+    assert json.loads(held_out.stdout)["backends"] == {"vae": str(out)}
 
 
 def test_listing_commands():

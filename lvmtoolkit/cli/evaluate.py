@@ -76,6 +76,8 @@ log-likelihood -log p(x | y) in nats per image (inpainting: -log p(x_miss | x_ob
 importance-weighted with each method's posterior, --nll-samples draws) and the FID of
 the restored set against the clean set: the paper's Table 3, completed. The corrupted
 inputs are scored too. Library: lvmtoolkit.tasks.evaluation.evaluate_restoration.
+A checkpoint that records training on any of the scored images (`lvm train` records its
+train split) is refused: those rows would measure memory, not restoration.
 
 SSIM: pytorch_msssim.ssim, single scale, data_range 1. FID: pytorch-fid's Fréchet
 distance on --fid-features: 'mnist-classifier' (offline, shipped; reported as "FID
@@ -287,6 +289,7 @@ def _evaluate(
 ) -> None:
     from rich.markup import escape
 
+    from lvmtoolkit.core.provenance import refuse_scoring_training_images
     from lvmtoolkit.core.runtime import resolve_device, set_threads
     from lvmtoolkit.errors import OptionError
     from lvmtoolkit.images import check_writable, save_grid
@@ -339,6 +342,10 @@ def _evaluate(
         images, dataset = data_images(data, models, num_images), ", ".join(data)
     else:
         images = get_dataset(dataset)(data_dir).load(split).images[:num_images]
+        for name, model in models.items():
+            refuse_scoring_training_images(
+                getattr(model, "checkpoint_info", None), dataset, split, images.shape[0], used[name]
+            )
 
     def log(line: str) -> None:
         stderr.print(f"[dim]{escape(line)}[/dim]")

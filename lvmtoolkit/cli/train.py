@@ -118,6 +118,7 @@ def train(
     from lvmtoolkit.core.checkpoint import save_checkpoint
     from lvmtoolkit.core.model import config_from_dict
     from lvmtoolkit.core.options import type_problem
+    from lvmtoolkit.core.provenance import TRAINED_ON, image_range
     from lvmtoolkit.core.runtime import resolve_device, set_threads
     from lvmtoolkit.core.training import held_out_nelbo
     from lvmtoolkit.core.training import train as train_model
@@ -175,7 +176,11 @@ def train(
         summary[f"{eval_split}_nelbo"] = scored["nelbo"]
         summary["eval_protocol"] = scored["eval_protocol"]
     _check_output(Path(output), overwrite)  # it may have appeared while training
-    description = {**data.description, "binarization": summary["binarization"]}
+    description = {
+        **data.description,
+        "binarization": summary["binarization"],
+        TRAINED_ON: [image_range(dataset, "train", 0, data.images.shape[0])],
+    }
     description.pop("source", None)
     path = save_checkpoint(model, output, data=description, training=summary)
     stderr.print(
