@@ -20,6 +20,9 @@ Usage:
         --kind centre --b "steps=1000" --num 50
     python scripts/paired_refiner_difference.py --backend nvae-flow --dataset mnist \
         --data-dir ../shared/data/mnist --checkpoint-b runs/nvae-flow-150-epochs --num 200
+    python scripts/paired_refiner_difference.py --stored \
+        docs/results/paired-longer-training-nvae-flow.json:b \
+        docs/results/paired-more-digits-13k-vs-bundled-nvae-flow.json:b
 """
 
 from __future__ import annotations
@@ -56,7 +59,17 @@ def main() -> None:
     parser.add_argument("--checkpoint-b", help="B's checkpoint folder (default: A's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="also write the per-image SSIMs and the summary here")
+    parser.add_argument(
+        "--stored",
+        nargs=2,
+        metavar="FILE:COLUMN",
+        help="restore nothing: pair two columns (a or b) of JSON files this script wrote "
+        "with --json; both must score the same images under the same kind",
+    )
     args = parser.parse_args()
+    if args.stored:
+        _pair_stored(*args.stored)
+        return
     if args.num < 2:
         raise SystemExit(f"--num must be at least 2 for a standard error, got {args.num}")
     torch.set_num_threads(args.threads)
@@ -96,8 +109,6 @@ def main() -> None:
         )
         seconds[label] = time.perf_counter() - started
         scores[label] = ssim(restored.images, clean)
-    difference = scores["b"] - scores["a"]
-    sem = difference.std().item() / math.sqrt(difference.numel())
     summary = {
         "backend": args.backend,
         "checkpoint": str(path),
@@ -107,11 +118,7 @@ def main() -> None:
         "refiner": args.refiner,
         "a": args.a,
         "b": args.b,
-        "ssim_a": round(scores["a"].mean().item(), 4),
-        "ssim_b": round(scores["b"].mean().item(), 4),
-        "b_minus_a": round(difference.mean().item(), 4),
-        "paired_sem": round(sem, 4),
-        "b_better_on": round((difference > 0).float().mean().item(), 3),
+        **_paired(scores["a"], scores["b"]),
         "seconds_a": round(seconds["a"], 1),
         "seconds_b": round(seconds["b"], 1),
     }
@@ -120,13 +127,61 @@ def main() -> None:
         f"{args.backend} {args.kind} n={args.num}: A ({args.a or 'defaults'}) "
         f"{summary['ssim_a']:.4f}, B ({args.b or 'defaults'}{model_b_note}) "
         f"{summary['ssim_b']:.4f}; "
-        f"B - A = {summary['b_minus_a']:+.4f} ± {sem:.4f} (paired sem); "
+        f"B - A = {summary['b_minus_a']:+.4f} ± {summary['paired_sem']:.4f} (paired sem); "
         f"B better on {summary['b_better_on']:.2f} of images"
     )
     if args.json:
         per_image = {k: [round(v, 5) for v in s.tolist()] for k, s in scores.items()}
         with open(args.json, "w") as out:
             json.dump({**summary, "per_image_ssim": per_image}, out, indent=1)
+
+
+def _paired(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """Means of A and B, the mean of B - A per image with its standard error, and the
+    fraction of images on which B is better."""
+    difference = b - a
+    return {
+        "ssim_a": round(a.mean().item(), 4),
+        "ssim_b": round(b.mean().item(), 4),
+        "b_minus_a": round(difference.mean().item(), 4),
+        "paired_sem": round(difference.std().item() / math.sqrt(difference.numel()), 4),
+        "b_better_on": round((difference > 0).float().mean().item(), 3),
+    }
+
+
+def _pair_stored(spec_a: str, spec_b: str) -> None:
+    """Print the paired difference of two stored per-image columns, B - A."""
+    runs, columns = [], []
+    for spec in (spec_a, spec_b):
+        path, _, column = spec.rpartition(":")
+        if not path or column not in ("a", "b"):
+            raise SystemExit(f"--stored: expected FILE:a or FILE:b, got {spec!r}")
+        try:
+            with open(path) as file:
+                run = json.load(file)
+            values = run["per_image_ssim"][column]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise SystemExit(f"--stored: {path} is not a JSON this script wrote: {err}") from None
+        runs.append(run)
+        columns.append(torch.tensor(values, dtype=torch.float64))
+    # Pairing images that differ would report a difference between digits, not methods.
+    for key in ("images", "kind"):
+        if runs[0].get(key) != runs[1].get(key):
+            raise SystemExit(
+                f"--stored: the runs differ in {key}: {runs[0].get(key)!r} and {runs[1].get(key)!r}"
+            )
+    if columns[0].shape != columns[1].shape or columns[0].numel() < 2:
+        raise SystemExit(
+            f"--stored: {columns[0].numel()} and {columns[1].numel()} per-image SSIMs; "
+            "need the same number, at least 2"
+        )
+    summary = _paired(*columns)
+    print(
+        f"{runs[0]['kind']}, {runs[0]['images']}: A ({spec_a}) {summary['ssim_a']:.4f}, "
+        f"B ({spec_b}) {summary['ssim_b']:.4f}; B - A = {summary['b_minus_a']:+.4f} ± "
+        f"{summary['paired_sem']:.4f} (paired sem); B better on {summary['b_better_on']:.2f} "
+        "of images"
+    )
 
 
 if __name__ == "__main__":

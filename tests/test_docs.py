@@ -163,3 +163,28 @@ def test_restoration_tables_refuse_runs_off_the_defaults():
         },
     }
     assert tables.off_defaults(chain) == ["chain svi.steps=20 (default 10)"]
+
+
+def test_paired_number_on_the_results_page_comes_from_the_stored_runs():
+    # restoration.md quotes the 13,000-digit vs 150-epoch difference from this command.
+    script = ROOT / "scripts" / "paired_refiner_difference.py"
+    results = ROOT / "docs" / "results"
+    longer = results / "paired-longer-training-nvae-flow.json"
+    more = results / "paired-more-digits-13k-vs-bundled-nvae-flow.json"
+    done = subprocess.run(
+        [sys.executable, str(script), "--stored", f"{longer}:b", f"{more}:b"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "B - A = -0.0014 ± 0.0020" in done.stdout and "better on 0.43" in done.stdout
+    assert "**-0.001 ± 0.002** (better on 43%)" in " ".join(
+        (results / "restoration.md").read_text().split()
+    )
+    other_images = results / "paired-gradient-nvae-heldout.json"
+    refused = subprocess.run(
+        [sys.executable, str(script), "--stored", f"{longer}:b", f"{other_images}:b"],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode != 0 and "differ in images" in refused.stderr
