@@ -25,6 +25,7 @@ import json
 import sys
 from pathlib import Path
 
+from lvmtoolkit.errors import UnknownNameError
 from lvmtoolkit.jobs import parameters_sha256
 from lvmtoolkit.plugins import get_backend, load_backend_model
 
@@ -70,15 +71,24 @@ def backend_label(backend: str, checkpoint: str, digest: str | None = None) -> s
     if digest is not None:
         same = digest == bundled_digest(backend)
     else:
-        default = get_backend(backend).default_checkpoint()
+        default = bundled_checkpoint(backend)
         same = not checkpoint or (default is not None and Path(checkpoint).name == default.name)
     return backend if same else f"{backend} ({Path(checkpoint).name})"
+
+
+def bundled_checkpoint(backend: str) -> Path | None:
+    """The backend's bundled checkpoint; None if it ships none or is no registered backend
+    (a ``--model`` run names its model after the user's file, not a backend)."""
+    try:
+        return get_backend(backend).default_checkpoint()
+    except UnknownNameError:
+        return None
 
 
 @functools.cache
 def bundled_digest(backend: str) -> str | None:
     """``parameters_sha256`` of the backend's bundled model (None if it ships none)."""
-    if get_backend(backend).default_checkpoint() is None:
+    if bundled_checkpoint(backend) is None:
         return None
     return parameters_sha256(load_backend_model(backend)[0])
 
@@ -90,7 +100,8 @@ def ordered_labels(corrupted: dict, task: str, kind: str) -> list[str]:
     for backend in BACKENDS:
         labels += [backend] if backend in present else []
         labels += sorted(label for label in present if label.startswith(f"{backend} ("))
-    return labels
+    # Any other model's rows (a third-party backend, a --model run) come last, never dropped.
+    return labels + sorted(present - set(labels))
 
 
 def off_defaults(run: dict) -> list[str]:

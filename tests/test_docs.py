@@ -139,6 +139,10 @@ def test_restoration_rows_of_another_checkpoint_are_labelled_with_it():
         ("inpaint", "g", "nvae"): {},
     }
     assert tables.ordered_labels(corrupted, "denoise", "g") == ["vae", "vae (vae-long)", "gmvae"]
+    # A --model run names its model after the user's file: labelled, listed, never dropped.
+    assert tables.backend_label("mine", "examples/mine.py:build") == "mine (mine.py:build)"
+    corrupted[("denoise", "g", "mine (mine.py:build)")] = {}
+    assert tables.ordered_labels(corrupted, "denoise", "g")[-1] == "mine (mine.py:build)"
 
 
 def test_restoration_tables_refuse_runs_off_the_defaults():
