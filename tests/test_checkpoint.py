@@ -130,3 +130,34 @@ def test_malformed_trained_on_is_refused_not_ignored(record):
         scored_training_images({"data": {"trained_on": [record]}}, "mnist", "test", 10, "x")
     with pytest.raises(CheckpointError, match="must be a list"):
         scored_training_images({"data": {"trained_on": record}}, "mnist", "test", 10, "x")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["refine", "--steps", "1", "--eval-samples", "1"],
+        ["refine", "--steps", "1", "--eval-samples", "1", "--output", "{tmp}/job-{n}"],
+        ["gaps", "--steps", "1", "--iwae-samples", "2", "--eval-samples", "1"],
+    ],
+)
+def test_gaps_and_refine_refuse_a_test_split_the_model_was_trained_on(tiny_vae, tmp_path, command):
+    from click.testing import CliRunner
+
+    from lvmtoolkit.cli import cli
+
+    trained = [image_range("mnist-5k", "train", 0, 4000), image_range("mnist-5k", "test", 5, 10)]
+    folder = save_checkpoint(tiny_vae, tmp_path / "ckpt", data={"trained_on": trained})
+
+    def invoke(n):
+        args = [part.format(tmp=tmp_path, n=n) for part in command]
+        args += ["--backend", "vae", "--checkpoint", str(folder), "--threads", "1", "--json"]
+        return CliRunner().invoke(cli, [*args, "--split", "train,test", "--num-images", str(n)])
+
+    # Its own train split is expected in these tables; test images 0-4 were not trained on.
+    held_out = invoke(5)
+    assert held_out.exit_code == 0, held_out.output
+    refused = invoke(6)
+    assert refused.exit_code != 0 and refused.stdout == ""
+    assert not (tmp_path / "job-6").exists()
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert f"{folder} was trained on mnist-5k test images 5-5, which the first 6" in refused.stderr

@@ -138,6 +138,7 @@ def run_refine(
     as_json: bool,
 ) -> None:
     """``lvm refine`` as a job: see `lvmtoolkit.jobs.run_refine_job`."""
+    from lvmtoolkit.core.provenance import refuse_held_out_overlap
     from lvmtoolkit.core.runtime import resolve_device, set_threads
     from lvmtoolkit.jobs import RefineJob, join_world, open_source, resolve_model, run_refine_job
 
@@ -147,6 +148,14 @@ def run_refine(
     world = join_world(resolve_device(device))
     try:
         model, identity = resolve_model(model_spec, backend, checkpoint, world.device)
+        if "dataset" in args:
+            refuse_held_out_overlap(
+                getattr(model, "checkpoint_info", None),
+                args["dataset"],
+                args["splits"],
+                args["num_images"],
+                str(identity.get("checkpoint")),
+            )
         job = RefineJob(
             model=model,
             model_identity=identity,
@@ -251,10 +260,18 @@ def command_inputs(
         split_images = {"data": source.read(0, len(source))}
         dataset = ", ".join(data)
     else:
+        from lvmtoolkit.core.provenance import refuse_held_out_overlap
         from lvmtoolkit.plugins import get_dataset
 
         loader = get_dataset(dataset)(data_dir)
         split_images = {split: loader.load(split).images[:num_images] for split in splits}
+        refuse_held_out_overlap(
+            getattr(model, "checkpoint_info", None),
+            dataset,
+            splits,
+            num_images,
+            str(identity.get("checkpoint")),
+        )
     return Inputs(
         model,
         model_spec or backend,

@@ -178,6 +178,7 @@ def refine(
             threads=threads,
             as_json=as_json,
         )
+    from lvmtoolkit.core.provenance import refuse_held_out_overlap
     from lvmtoolkit.core.runtime import resolve_device, set_threads
     from lvmtoolkit.errors import OptionError
     from lvmtoolkit.metrics import refinement_report
@@ -192,6 +193,9 @@ def refine(
     data_source = get_dataset(dataset)(data_dir)
     model, checkpoint = load_backend_model(backend, checkpoint, torch_device)
     split_images = {split: data_source.load(split).images[:num_images] for split in splits}
+    refuse_held_out_overlap(
+        getattr(model, "checkpoint_info", None), dataset, splits, num_images, checkpoint
+    )
 
     with stderr.status(f"{refiner} on {num_images} images per split"):
         report = refinement_report(
