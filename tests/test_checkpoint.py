@@ -161,3 +161,28 @@ def test_gaps_and_refine_refuse_a_test_split_the_model_was_trained_on(tiny_vae, 
     assert not (tmp_path / "job-6").exists()
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert f"{folder} was trained on mnist-5k test images 5-5, which the first 6" in refused.stderr
+
+
+@pytest.mark.parametrize("backend", ["vae", "gmvae", "nvae", "nvae-flow"])
+def test_bundled_checkpoints_record_their_training_images(backend):
+    from lvmtoolkit.plugins import get_backend
+
+    info = read_checkpoint_info(get_backend(backend).default_checkpoint())
+    # Trained on mnist-5k's whole train split (4,000 digits), nothing of any test split.
+    assert scored_training_images(info, "mnist-5k", "train", 5000) == (0, 3999)
+    assert scored_training_images(info, "mnist-5k", "test", 1000) is None
+    assert scored_training_images(info, "mnist", "test", 10000) is None
+
+
+def test_evaluate_refuses_the_bundled_models_training_digits(tmp_path):
+    from click.testing import CliRunner
+
+    from lvmtoolkit.cli import cli
+
+    args = ["evaluate", "denoise", "--backend", "vae", "--refiner", "amortized"]
+    args += ["--dataset", "mnist-5k", "--split", "train", "--num-images", "3", "--threads", "1"]
+    refused = CliRunner().invoke(cli, [*args, "--grid", str(tmp_path / "grid.png"), "--json"])
+    assert refused.exit_code != 0 and refused.stdout == ""
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "was trained on mnist-5k train images 0-2" in refused.stderr
+    assert not (tmp_path / "grid.png").exists()

@@ -6,8 +6,9 @@ A checkpoint's data description may list the image ranges it was trained on unde
 `lvm train` records its train split; a script that trains on part of a test split records
 that part. Restoration scored on images the model was trained on measures memory, not
 restoration, and the number looks like any other: `scored_training_images` finds the
-overlap so the evaluation can refuse it. A checkpoint without the field (the bundled ones
-were written before it existed) records nothing and is not checked.
+overlap so the evaluation can refuse it. The bundled checkpoints record mnist-5k's train
+split. A checkpoint without the field (one written before it existed) records nothing and
+is not checked.
 """
 
 from __future__ import annotations
