@@ -396,3 +396,19 @@ def test_train_classifier_command(tmp_path):
     assert info["epochs"] == 1 and 0.1 < info["test_accuracy"] <= 1
     bad = run("evaluate", "train-classifier", "--epochs", "1", "-o", tmp_path / "c.pt")
     assert bad.exit_code != 0 and "must end in .safetensors" in bad.stderr
+
+
+def test_evaluate_charges_a_reused_refinement_to_every_row_with_and_without_scoring():
+    # importance reuses conditional's refined q(z | y); both of its times must include it.
+    result = run(
+        "evaluate", "denoise", "--backend", "vae", "--refiner", "svi", "-o", "svi.steps=300",
+        "--method", "conditional,importance", "--noise", "salt-pepper:rate=0.2",
+        "--num-images", "4", "--nll-samples", "2", "--fid-features", "none", "--threads", "1",
+        "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["results"]["vae"]["salt-pepper:rate=0.2"]["methods"]
+    first, reused = rows["conditional"]["svi"], rows["importance"]["svi"]
+    assert first["seconds"] > 0 and reused["seconds"] > 0
+    for row in (first, reused):
+        assert row["seconds_with_scoring"] >= row["seconds"], row
