@@ -50,6 +50,7 @@ def test_bundled_checkpoint(bundled_gmvae):
         "dataset": "mnist-5k",
         "size": 4000,
         "split": "train",
+        "trained_on": [{"dataset": "mnist-5k", "split": "train", "start": 0, "stop": 4000}],
     }
 
 
