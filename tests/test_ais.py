@@ -1,0 +1,239 @@
+"""AIS and BDMC, checked where log p(x) is exact: a linear-Gaussian model with a correlated
+posterior, which no mean-field proposal matches, so IWAE stays nats below log p(x)."""
+
+import json
+import math
+
+import pyro.distributions as dist
+import pytest
+import torch
+from click.testing import CliRunner
+from lvm_linear_gaussian.model import LinearGaussian, LinearGaussianConfig
+
+import lvmtoolkit.metrics.ais as ais
+from lvmtoolkit.cli import cli
+from lvmtoolkit.core.checkpoint import save_checkpoint
+from lvmtoolkit.core.posterior import LocalGaussianPosterior
+from lvmtoolkit.errors import LvmError
+from lvmtoolkit.metrics import iwae_bound
+from lvmtoolkit.metrics.ais import PRIOR, AISSchedule, ais_log_px, bdmc, simulate
+from lvmtoolkit.plugins import get_dataset
+
+# The schedule whose accuracy the must-show numbers are about (docs/results/gaps.md).
+EXACT_SCHEDULE = AISSchedule(num_steps=1000)
+
+
+def correlate(model: LinearGaussian, strength: float = 0.9) -> LinearGaussian:
+    """Mix the decoder's columns so that the exact posterior's latents are correlated."""
+    k = model.config.latent_dim
+    with torch.no_grad():
+        model.weight.copy_(model.weight @ (torch.eye(k) + strength * torch.ones(k, k)))
+    return model
+
+
+def mean_field_optimum(model: LinearGaussian, x: torch.Tensor) -> LocalGaussianPosterior:
+    """q*: the best diagonal Gaussian (exact mean, scales 1 / sqrt of the precision's diagonal)."""
+    mean, cov = model.exact_posterior(x)
+    precision = torch.linalg.inv(cov)
+    scale = torch.diagonal(precision, dim1=-2, dim2=-1).rsqrt().expand_as(mean)
+    return LocalGaussianPosterior({"z": (mean, scale.contiguous())})
+
+
+@pytest.fixture(scope="module")
+def tangled():
+    """16 Gaussian pixels, 10 correlated latents, and 100 datapoints simulated from it."""
+    model = LinearGaussian(LinearGaussianConfig(image_shape=(1, 4, 4), latent_dim=10))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(16, 10, generator=generator) / math.sqrt(10))
+        model.log_noise.fill_(math.log(0.5))
+    correlate(model)
+    x, _ = simulate(model, 100, seed=0)
+    return model, x, model.log_marginal(x), mean_field_optimum(model, x)
+
+
+def miss(tangled, start, schedule=EXACT_SCHEDULE, seed=0) -> float:
+    """Mean of log p̂(x) - log p(x) over the 100 datapoints (negative: below)."""
+    model, x, exact, _ = tangled
+    return (ais_log_px(model, x, start, schedule, seed=seed).log_px - exact).mean().item()
+
+
+def test_iwae_with_the_mean_field_optimum_misses_log_px_by_nats(tangled):
+    model, x, exact, q_star = tangled
+    iwae = iwae_bound(model, q_star, x, num_samples=5000, max_rows=100_000)
+    assert (exact - iwae).mean() > 1.0
+
+
+@pytest.mark.parametrize("start", ["q*", PRIOR])
+def test_ais_is_within_a_tenth_of_a_nat_of_the_exact_log_px(tangled, start):
+    assert abs(miss(tangled, tangled[3] if start == "q*" else start)) < 0.1
+
+
+@pytest.mark.parametrize(
+    "broken, patch",
+    [
+        # HMC without the Metropolis test (divergent proposals are still refused).
+        ("_accept", lambda log_ratio: torch.isfinite(log_ratio)),
+        # Weights of a path (b^2) other than the one the chains follow (b).
+        ("_weight_increment", lambda b0, b1, h, e: (b1**2 - b0**2) * (h - ais._log_normal(e))),
+    ],
+)
+def test_a_broken_sampler_fails_the_accuracy_check(tangled, monkeypatch, broken, patch):
+    monkeypatch.setattr(ais, broken, patch)
+    assert not abs(miss(tangled, tangled[3])) < 0.1
+
+
+def test_bdmc_sandwiches_the_exact_log_px(tangled):
+    model = tangled[0]
+    result = bdmc(model, EXACT_SCHEDULE, num_datapoints=100, start=PRIOR, seed=5)
+    exact = model.log_marginal(result.x)
+    below, above = exact - result.lower, result.upper - exact
+    assert below.mean() > -2 * below.std() / 10
+    assert above.mean() > -2 * above.std() / 10
+    assert 0 < result.width < 0.5
+    summary = result.summary()
+    assert summary["num_datapoints"] == 100
+    assert summary["passes_per_datapoint"] == result.passes > EXACT_SCHEDULE.passes_per_datapoint
+
+
+def test_rows_per_pass_does_not_change_the_estimate(tangled):
+    model, x, _, q_star = tangled
+    schedule = AISSchedule(num_steps=5, num_chains=3, pilot_chains=1)
+    whole = ais_log_px(model, x[:12], q_star.select(torch.arange(12)), schedule, seed=3)
+    blocks = ais_log_px(
+        model, x[:12], q_star.select(torch.arange(12)), schedule, seed=3, max_rows=1000
+    )
+    assert torch.allclose(whole.log_px, blocks.log_px)
+    assert whole.passes == 4 * (5 * 5 + 1)
+    assert whole.steps.shape == (5, 12)
+
+
+@pytest.mark.parametrize(
+    "options, named",
+    [
+        ({"num_steps": 0}, "num_steps"),
+        ({"num_chains": 0}, "num_chains"),
+        ({"leapfrog_steps": 0}, "leapfrog_steps"),
+        ({"pilot_chains": 0}, "pilot_chains"),
+        ({"num_steps": 2.5}, "num_steps"),
+        ({"step_size": float("nan")}, "step_size"),
+        ({"target_acceptance": 1.0}, "target_acceptance"),
+        ({"path": "cosine"}, "path"),
+    ],
+)
+def test_bad_schedules_are_refused_by_name(options, named):
+    with pytest.raises(LvmError, match=named):
+        AISSchedule(**options)
+
+
+def test_a_model_whose_log_density_turns_nan_is_named(tangled, monkeypatch):
+    model, x, _, _ = tangled
+    honest = model.decode
+
+    def decode(z):  # NaN once a chain wanders past |z| = 1.5
+        likelihood = honest(z)
+        far = (z["z"].abs() > 1.5).any(1)
+        loc = torch.where(far[:, None, None, None], math.nan, likelihood.mean)
+        return dist.Normal(loc, likelihood.stddev).to_event(3)
+
+    monkeypatch.setattr(model, "decode", decode)
+    with pytest.raises(LvmError, match=r"model 'linear-gaussian' is not finite .*datapoint \d+"):
+        ais_log_px(model, x, PRIOR, AISSchedule(num_steps=50))
+
+
+def test_a_start_that_is_not_gaussian_is_refused(tangled, monkeypatch):
+    model, x, _, _ = tangled
+    monkeypatch.setattr(
+        model,
+        "latent_prior",
+        lambda rows, x=None: {"z": dist.Laplace(torch.zeros(rows, 10), 1.0).to_event(1)},
+    )
+    with pytest.raises(LvmError, match="site 'z' is a Laplace"):
+        ais_log_px(model, x, PRIOR, AISSchedule(num_steps=2))
+
+
+def test_lvm_gaps_with_ais_is_tighter_than_iwae_where_the_posterior_is_correlated(tmp_path):
+    images = get_dataset("mnist-5k")().load("train").images
+    model = correlate(LinearGaussian.fit_ppca(images, 6))
+    checkpoint = save_checkpoint(model, tmp_path / "tangled")
+    result = CliRunner().invoke(
+        cli,
+        [
+            "gaps",
+            "--backend",
+            "linear-gaussian",
+            "--checkpoint",
+            str(checkpoint),
+            "--num-images",
+            "16",
+            "--log-px",
+            "ais",
+            "--ais-steps",
+            "300",
+            "--bdmc-datapoints",
+            "16",
+            "--iwae-samples",
+            "200",
+            "--steps",
+            "10",
+            "-o",
+            "lr=0.05",
+            "--round-steps",
+            "200",
+            "--max-steps",
+            "600",
+            "--threads",
+            "1",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    numbers = report["results"]["test"]
+    exact = model.log_marginal(get_dataset("mnist-5k")().load("test").images[:16]).mean().item()
+    assert exact - numbers["log_px_iwae"] > 0.5
+    assert abs(numbers["log_px_ais"] - exact) < 0.2
+    assert numbers["log_px"] == numbers["log_px_ais"]
+    assert numbers["approximation_gap_ais"] > numbers["approximation_gap_iwae"] + 0.3
+    assert numbers["stderr"]["approximation_gap_ais"] > 0
+    assert numbers["passes_per_datapoint"] == {"iwae": 200, "ais": 10 * (300 * 5 + 1)}
+    assert report["protocol"]["ais"]["num_steps"] == 300
+    bdmc_summary = report["protocol"]["bdmc"]
+    assert bdmc_summary["num_datapoints"] == 16
+    assert bdmc_summary["upper"] > bdmc_summary["lower"] - 0.5
+
+
+def test_lvm_gaps_prints_both_estimates(tmp_path):
+    images = get_dataset("mnist-5k")().load("train").images
+    checkpoint = save_checkpoint(correlate(LinearGaussian.fit_ppca(images, 4)), tmp_path / "m")
+    result = CliRunner().invoke(
+        cli,
+        [
+            "gaps",
+            "--backend",
+            "linear-gaussian",
+            "--checkpoint",
+            str(checkpoint),
+            "--num-images",
+            "4",
+            "--log-px",
+            "ais",
+            "--ais-steps",
+            "5",
+            "--bdmc-datapoints",
+            "4",
+            "--iwae-samples",
+            "10",
+            "--steps",
+            "1",
+            "--max-steps",
+            "2",
+            "--round-steps",
+            "1",
+            "--threads",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    for line in ("log p̂(x) IWAE", "log p̂(x) AIS", "approximation gap (AIS)", "BDMC on 4 simulated"):
+        assert line in result.output
