@@ -256,6 +256,7 @@ def gaps(
 
 
 def _print(report: dict[str, Any], splits: list[str]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(
@@ -278,7 +279,7 @@ def _print(report: dict[str, Any], splits: list[str]) -> None:
         rows.append(("approximation gap (AIS)", "approximation_gap_ais"))
     rows += [("amortization gap", "amortization_gap"), ("inference gap", "inference_gap")]
     for label, key in rows:
-        table.add_row(label, *[_with_error(results[s], key) for s in splits])
+        table.add_row(escape(label), *[_with_error(results[s], key) for s in splits])
     steps = sorted({int(k) for s in splits for k in results[s]["fraction_closed_at_step"]})
     for step in steps:
         table.add_row(

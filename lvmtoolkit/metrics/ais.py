@@ -44,7 +44,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import prune_subsample_sites
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from torch.distributions import Distribution, Independent, Normal, TransformedDistribution
 
 from lvmtoolkit.core.direct_elbo import observed_log_prob
@@ -232,7 +232,7 @@ class _NoiseSites(Messenger):
         self.pulled: dict[str, torch.Tensor] = {}
 
     def _pyro_sample(self, msg: dict[str, Any]) -> None:
-        if msg["is_observed"]:
+        if msg["is_observed"] or site_is_subsample(msg):
             return
         name = msg["name"]
         given = self.noise if self.noise is not None else self.values
