@@ -4,11 +4,12 @@ posterior, which no mean-field proposal matches, so IWAE stays nats below log p(
 import json
 import math
 
+import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 from click.testing import CliRunner
-from lvm_linear_gaussian.model import LinearGaussian, LinearGaussianConfig
+from lvm_linear_gaussian.model import LinearGaussian
 
 import lvmtoolkit.metrics.ais as ais
 from lvmtoolkit.cli import cli
@@ -23,33 +24,18 @@ from lvmtoolkit.plugins import get_dataset
 EXACT_SCHEDULE = AISSchedule(num_steps=1000)
 
 
-def correlate(model: LinearGaussian, strength: float = 0.9) -> LinearGaussian:
-    """Mix the decoder's columns so that the exact posterior's latents are correlated."""
-    k = model.config.latent_dim
-    with torch.no_grad():
-        model.weight.copy_(model.weight @ (torch.eye(k) + strength * torch.ones(k, k)))
-    return model
-
-
-def mean_field_optimum(model: LinearGaussian, x: torch.Tensor) -> LocalGaussianPosterior:
-    """q*: the best diagonal Gaussian (exact mean, scales 1 / sqrt of the precision's diagonal)."""
-    mean, cov = model.exact_posterior(x)
-    precision = torch.linalg.inv(cov)
-    scale = torch.diagonal(precision, dim1=-2, dim2=-1).rsqrt().expand_as(mean)
-    return LocalGaussianPosterior({"z": (mean, scale.contiguous())})
+def tangled_model() -> LinearGaussian:
+    """16 Gaussian pixels (noise 0.5) and 10 correlated latents (docs/results/gaps.md)."""
+    return LinearGaussian.random((1, 4, 4), latent_dim=10, noise=0.5, seed=0).correlate(0.9)
 
 
 @pytest.fixture(scope="module")
 def tangled():
-    """16 Gaussian pixels, 10 correlated latents, and 100 datapoints simulated from it."""
-    model = LinearGaussian(LinearGaussianConfig(image_shape=(1, 4, 4), latent_dim=10))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        model.weight.copy_(torch.randn(16, 10, generator=generator) / math.sqrt(10))
-        model.log_noise.fill_(math.log(0.5))
-    correlate(model)
+    """The model, 100 datapoints simulated from it, their exact log p(x), and q*."""
+    model = tangled_model()
     x, _ = simulate(model, 100, seed=0)
-    return model, x, model.log_marginal(x), mean_field_optimum(model, x)
+    q_star = LocalGaussianPosterior({"z": model.mean_field_optimum(x)})
+    return model, x, model.log_marginal(x), q_star
 
 
 def miss(tangled, start, schedule=EXACT_SCHEDULE, seed=0) -> float:
@@ -154,7 +140,7 @@ def test_a_start_that_is_not_gaussian_is_refused(tangled, monkeypatch):
 
 def test_lvm_gaps_with_ais_is_tighter_than_iwae_where_the_posterior_is_correlated(tmp_path):
     images = get_dataset("mnist-5k")().load("train").images
-    model = correlate(LinearGaussian.fit_ppca(images, 6))
+    model = LinearGaussian.fit_ppca(images, 6).correlate()
     checkpoint = save_checkpoint(model, tmp_path / "tangled")
     result = CliRunner().invoke(
         cli,
@@ -205,7 +191,8 @@ def test_lvm_gaps_with_ais_is_tighter_than_iwae_where_the_posterior_is_correlate
 
 def test_lvm_gaps_prints_both_estimates(tmp_path):
     images = get_dataset("mnist-5k")().load("train").images
-    checkpoint = save_checkpoint(correlate(LinearGaussian.fit_ppca(images, 4)), tmp_path / "m")
+    model = LinearGaussian.fit_ppca(images, 4).correlate()
+    checkpoint = save_checkpoint(model, tmp_path / "m")
     result = CliRunner().invoke(
         cli,
         [
@@ -237,3 +224,104 @@ def test_lvm_gaps_prints_both_estimates(tmp_path):
     assert result.exit_code == 0, result.output
     for line in ("log p̂(x) IWAE", "log p̂(x) AIS", "approximation gap (AIS)", "BDMC on 4 simulated"):
         assert line in result.output
+
+
+def test_ais_options_without_log_px_ais_are_refused():
+    result = CliRunner().invoke(cli, ["gaps", "--ais-chains", "4", "--num-images", "2"])
+    assert result.exit_code != 0
+    assert "--ais-chains applies only with --log-px ais" in result.output
+
+
+def small_torch_vae(digits):
+    import lvmtoolkit as lvm
+    from lvmtoolkit.adapters import TorchVAE
+
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 6))
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = encoder
+
+        def forward(self, x):
+            return self.net(x).chunk(2, dim=-1)
+
+    model = TorchVAE(Encoder(), torch.nn.Linear(3, 784), data_shape=(1, 28, 28), latent_shape=(3,))
+    lvm.train(model, digits, epochs=5, batch_size=16, lr=1e-2)
+    return model.eval()
+
+
+def test_ais_on_a_torch_vae_is_tighter_than_iwae_from_the_same_start(digits):
+    model = small_torch_vae(digits)
+    x = digits[:16]
+    start = model.amortized_posterior()
+    estimate = ais_log_px(model, x, start, AISSchedule(num_steps=100), seed=1)
+    assert estimate.log_px.mean() > iwae_bound(model, start, x, num_samples=1000).mean()
+    assert 0.4 < estimate.acceptance.mean() < 0.9
+
+
+def tangled_pyro_vae():
+    """The tangled linear-Gaussian model written as a Pyro model/guide pair (own plate and
+    site names) whose amortized guide is exactly q*, wrapped by `PyroVAE`: AIS through
+    Pyro's traces, checked against the exact log p(x)."""
+    from lvmtoolkit.adapters import PyroVAE
+
+    exact = tangled_model()
+    w, bias, sigma = exact.weight.detach(), exact.bias.detach(), exact.noise.detach()
+    _, cov = exact.exact_posterior(torch.zeros(1, 1, 4, 4))
+    to_mean = w @ cov / sigma**2  # q*'s mean is linear in x
+    scale = torch.diagonal(torch.linalg.inv(cov)).rsqrt()
+
+    def model(images, mask=None):
+        with pyro.plate("batch", images.shape[0]):
+            z = pyro.sample("code", dist.Normal(0.0, 1.0).expand([10]).to_event(1))
+            loc = (z @ w.T + bias).view(-1, 1, 4, 4)
+            pyro.sample("image", dist.Normal(loc, sigma).to_event(3), obs=images)
+
+    def guide(images, mask=None):
+        with pyro.plate("batch", images.shape[0]):
+            loc = (images.flatten(1) - bias) @ to_mean
+            pyro.sample("code", dist.Normal(loc, scale).to_event(1))
+
+    wrapped = PyroVAE(
+        model, guide, data_shape=(1, 4, 4), obs_site="image", data_plate="batch", binary_data=False
+    )
+    return wrapped
+
+
+def test_ais_through_pyro_traces_matches_the_exact_log_px(tangled):
+    model = tangled_pyro_vae()
+    x, exact = tangled[1], tangled[2]
+    start = model.amortized_posterior()
+    assert not ais._Path(model, start.evaluation_form(x), x).direct
+    iwae = iwae_bound(model, start, x, num_samples=5000, max_rows=100_000)
+    assert (exact - iwae).mean() > 1.0
+    estimate = ais_log_px(model, x, start, EXACT_SCHEDULE, seed=0)
+    assert abs((estimate.log_px - exact).mean()) < 0.1
+
+
+@pytest.mark.parametrize("name", ["nvae", "nvae-flow"])
+def test_ais_on_the_nvae_hierarchy_and_its_flows(name, mnist5k_test_images):
+    """The bundled NVAEs: chains in the noise of every group (through the flows for
+    nvae-flow); noise -> latents -> noise is the identity (BDMC's reverse start needs it);
+    AIS from the encoder is above its ELBO."""
+    from lvmtoolkit.data import binarize_fixed
+    from lvmtoolkit.metrics import nelbo
+    from lvmtoolkit.plugins import get_backend, load_checkpoint
+
+    model = load_checkpoint(get_backend(name).default_checkpoint(), backend=name)
+    x = binarize_fixed(mnist5k_test_images[:4])
+    start = model.amortized_posterior().evaluation_form(x)
+    path = ais._Path(model, start, x)
+    assert not path.direct
+    noise = torch.randn(4, path.dim)
+    driven = ais._NoiseSites(noise=path.split(noise))
+    with driven:
+        trace = pyro.poutine.trace(start.guide).get_trace(x)
+    latents = {name: trace.nodes[name]["value"] for name in model.latent_shapes}
+    assert torch.allclose(path.noise_of(latents), noise, atol=1e-4)
+    elbo = -nelbo(model, model.amortized_posterior(), x, num_samples=200, analytic_kl=False)
+    estimate = ais_log_px(model, x, model.amortized_posterior(), AISSchedule(num_steps=20))
+    assert estimate.passes == 10 * (20 * 5 + 1)
+    assert (estimate.log_px > elbo).all()

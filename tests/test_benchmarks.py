@@ -29,8 +29,9 @@ BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
         ],
         ["roofline.py", "--backends", "vae,pyrovae", "--threads", "1", "--quick"],
         ["flat_flow_cost.py", "--threads", "1", "--num", "32", "--steps", "1", "--repeats", "1"],
+        ["ais_cost.py", "--threads", "1", "--num", "4", "--steps", "3", "--svi-steps", "2"],
     ],
-    ids=["refine_throughput", "roofline", "flat_flow_cost"],
+    ids=["refine_throughput", "roofline", "flat_flow_cost", "ais_cost"],
 )
 def test_benchmark_runs(args):
     done = subprocess.run(

@@ -111,6 +111,16 @@ def test_restoration_tables_are_the_run_jsons():
     assert done.returncode == 0, done.stderr
 
 
+def test_gaps_tables_are_the_run_jsons():
+    # The AIS table of gaps.md is generated from docs/results/gaps-ais-*.json.
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gaps_tables.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def _restoration_tables():
     """scripts/restoration_tables.py as a module (scripts/ is not a package)."""
     spec = importlib.util.spec_from_file_location(

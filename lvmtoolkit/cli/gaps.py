@@ -207,6 +207,12 @@ def gaps(
     refiner_obj = get_refiner(refiner)(**values)  # validates the options before the long run
     if not refiner_obj.iterative:
         raise OptionError(f"refiner {refiner!r} takes no steps; q* needs an iterative refiner")
+    if log_px != "ais":
+        source = click.get_current_context().get_parameter_source
+        for name in ("ais_steps", "ais_leapfrog", "ais_chains", "bdmc_datapoints"):
+            if source(name) is not click.core.ParameterSource.DEFAULT:
+                flag = "--" + name.replace("_", "-")
+                raise OptionError(f"{flag} applies only with --log-px ais")
     rule = ConvergenceRule(round_steps, tolerance, max_steps)
     schedule = AISSchedule(num_steps=ais_steps, leapfrog_steps=ais_leapfrog, num_chains=ais_chains)
     inputs = command_inputs(
@@ -269,7 +275,7 @@ def _print(report: dict[str, Any], splits: list[str]) -> None:
     ais = "log_px_ais" in results[splits[0]]
     rows = [("log p̂(x) IWAE", "log_px_iwae")]
     if ais:
-        rows.append(("log p̂(x) AIS", "log_px_ais"))
+        rows += [("log p̂(x) AIS", "log_px_ais"), ("AIS - IWAE (paired)", "ais_minus_iwae")]
     rows += [
         ("L[q*] optimised", "elbo_optimal"),
         ("L[q] amortized", "elbo_amortized"),

@@ -12,8 +12,10 @@ refined one, the NVAE's hierarchy given the groups above, the prior) or a flow o
 ``N(e)^(1 - b) [p(x, T(e)) |dT/de|]^b``: the same path, the same weights, and the same
 estimate (a change of variables moves neither), but flows need no inversion and HMC sees
 coordinates that the start has already whitened. Transitions are Hamiltonian Monte Carlo
-on all latent sites at once, with a step size per datapoint adapted toward a target
-acceptance rate from the datapoint's chains.
+on all latent sites at once. Step sizes are per datapoint and per temperature, adapted
+toward a target acceptance rate by a short pilot run and then held fixed for the chains
+whose weights count: AIS stays exact only if no transition depends on the counted
+chains' own past.
 
 BDMC (Grosse, Ghahramani & Adams, 2015; Wu, Burda, Salakhutdinov & Grosse, 2017): on data
 simulated from the model, ``z ~ p(z)``, ``x ~ p(x | z)``, the drawn ``z`` is an exact
@@ -68,8 +70,10 @@ class AISSchedule:
     """How AIS anneals: the path, the transitions and the chains.
 
     The defaults were measured on the bundled VAE and GMVAE (docs/results/gaps.md): from
-    the refined posterior q*, doubling ``num_steps`` from them moves the mean log p̂(x) by
-    less than the estimate's standard error.
+    their refined posteriors q*, the BDMC sandwich on 100 simulated datapoints is within
+    0.02 nats of zero width. A posterior far from the start needs more temperatures: on
+    the correlated linear-Gaussian model of the tests, T = 1000 is what brings AIS within
+    0.1 nats of the exact log p(x). BDMC (`bdmc`) tells which case a model is in.
 
     Attributes:
         num_steps: T, the intermediate distributions after the start (the last is the

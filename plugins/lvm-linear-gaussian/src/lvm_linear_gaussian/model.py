@@ -148,6 +148,50 @@ class LinearGaussian(Model):
         kl = 0.5 * (loc**2 + scale**2 - 1 - 2 * scale.log()).sum(1)
         return expected_ll - kl
 
+    @torch.no_grad()
+    def mean_field_optimum(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Location and scale ``(N, k)`` of the best diagonal Gaussian q*: the exact mean and
+        ``1 / sqrt(diag(precision))``, which maximise the ELBO within the family."""
+        mean, cov = self.exact_posterior(x)
+        scale = torch.diagonal(torch.linalg.inv(cov)).rsqrt()
+        return mean, scale.expand_as(mean).contiguous()
+
+    def correlate(self, strength: float = 0.9) -> LinearGaussian:
+        """Mix the decoder's columns, ``W <- W (I + strength 11^T)``, so that the exact
+        posterior's latents are correlated (in place; returns the model).
+
+        With correlated latents no diagonal Gaussian is the posterior: the approximation
+        gap is positive and known exactly, which is what estimators of log p(x) (IWAE, AIS)
+        are validated against.
+        """
+        k = self.config.latent_dim
+        mix = torch.eye(k, device=self.weight.device) + strength * torch.ones(
+            k, k, device=self.weight.device
+        )
+        with torch.no_grad():
+            self.weight.copy_(self.weight @ mix)
+        return self
+
+    @classmethod
+    def random(
+        cls,
+        image_shape: tuple[int, ...] = (1, 4, 4),
+        latent_dim: int = 10,
+        noise: float = 0.5,
+        seed: int = 0,
+    ) -> LinearGaussian:
+        """A model with N(0, 1 / latent_dim) decoder weights, zero bias and the given pixel
+        noise: data simulated from it come with their exact log p(x) and posterior."""
+        model = cls(LinearGaussianConfig(image_shape, latent_dim))
+        generator = torch.Generator().manual_seed(seed)
+        d = math.prod(model.config.image_shape)
+        with torch.no_grad():
+            model.weight.copy_(torch.randn(d, latent_dim, generator=generator))
+            model.weight.div_(math.sqrt(latent_dim))
+            model.bias.zero_()
+            model.log_noise.fill_(math.log(noise))
+        return model.eval()
+
     @classmethod
     def fit_ppca(cls, images: torch.Tensor, latent_dim: int = 10) -> LinearGaussian:
         """Maximum-likelihood pPCA in closed form; the encoder is set to the exact posterior.
