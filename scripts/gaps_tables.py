@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+from page_section import write_section
+
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 PAGE = RESULTS / "gaps.md"
 START, END = "<!-- ais-table:start -->", "<!-- ais-table:end -->"
@@ -57,7 +59,9 @@ def render(runs: list[dict]) -> str:
         "| test digits | " + " | ".join(f"{t['num_images']:,}" for t in tests) + " |",
         "| svi steps to q\\* | " + " | ".join(f"{t['optimal_steps']:,}" for t in tests) + " |",
     ]
-    lines += [f"| {label} | " + " | ".join(cell(t, key) for t in tests) + " |" for label, key in ROWS]
+    lines += [
+        f"| {label} | " + " | ".join(cell(t, key) for t in tests) + " |" for label, key in ROWS
+    ]
     lines.append(
         "| amortization gap closed after 1 / 10 / 100 / 1000 steps | "
         + " | ".join(
@@ -94,17 +98,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if the page is out of date")
     args = parser.parse_args()
-    page = PAGE.read_text()
-    if START not in page or END not in page:
-        sys.exit(f"{PAGE} has no {START} ... {END} markers")
-    head, rest = page.split(START, 1)
-    _, tail = rest.split(END, 1)
-    new = f"{head}{START}\n\n{render(load_runs())}\n{END}{tail}"
-    if args.check:
-        if new != page:
-            sys.exit(f"{PAGE} is out of date: run python scripts/gaps_tables.py")
-        return
-    PAGE.write_text(new)
+    write_section(
+        PAGE, START, END, render(load_runs()), check=args.check, script="scripts/gaps_tables.py"
+    )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import json
 import sys
 from pathlib import Path
 
+from page_section import write_section
+
 from lvmtoolkit.errors import UnknownNameError
 from lvmtoolkit.jobs import parameters_sha256
 from lvmtoolkit.plugins import get_backend, load_backend_model
@@ -206,17 +208,14 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="fail if the page is out of date")
     args = parser.parse_args()
     rows, corrupted = collect(sorted(RESULTS.glob("restoration-*.json")))
-    page = PAGE.read_text()
-    if START not in page or END not in page:
-        sys.exit(f"{PAGE} has no {START} ... {END} markers")
-    head, rest = page.split(START, 1)
-    _, tail = rest.split(END, 1)
-    new = f"{head}{START}\n\n{render(rows, corrupted)}\n{END}{tail}"
-    if args.check:
-        if new != page:
-            sys.exit(f"{PAGE} is out of date: run python scripts/restoration_tables.py")
-        return
-    PAGE.write_text(new)
+    write_section(
+        PAGE,
+        START,
+        END,
+        render(rows, corrupted),
+        check=args.check,
+        script="scripts/restoration_tables.py",
+    )
 
 
 if __name__ == "__main__":

@@ -138,42 +138,24 @@ def test_a_start_that_is_not_gaussian_is_refused(tangled, monkeypatch):
         ais_log_px(model, x, PRIOR, AISSchedule(num_steps=2))
 
 
-def test_lvm_gaps_with_ais_is_tighter_than_iwae_where_the_posterior_is_correlated(tmp_path):
+def lvm_gaps_ais(tmp_path, latent_dim: int, options: str):
+    """``lvm gaps --log-px ais`` on a correlated pPCA of the mnist-5k train split."""
     images = get_dataset("mnist-5k")().load("train").images
-    model = LinearGaussian.fit_ppca(images, 6).correlate()
+    model = LinearGaussian.fit_ppca(images, latent_dim).correlate()
     checkpoint = save_checkpoint(model, tmp_path / "tangled")
-    result = CliRunner().invoke(
-        cli,
-        [
-            "gaps",
-            "--backend",
-            "linear-gaussian",
-            "--checkpoint",
-            str(checkpoint),
-            "--num-images",
-            "16",
-            "--log-px",
-            "ais",
-            "--ais-steps",
-            "300",
-            "--bdmc-datapoints",
-            "16",
-            "--iwae-samples",
-            "200",
-            "--steps",
-            "10",
-            "-o",
-            "lr=0.05",
-            "--round-steps",
-            "200",
-            "--max-steps",
-            "600",
-            "--threads",
-            "1",
-            "--json",
-        ],
-    )
+    args = ["gaps", "--backend", "linear-gaussian", "--checkpoint", str(checkpoint)]
+    result = CliRunner().invoke(cli, [*args, "--log-px", "ais", "--threads", "1", *options.split()])
     assert result.exit_code == 0, result.output
+    return model, result
+
+
+def test_lvm_gaps_with_ais_is_tighter_than_iwae_where_the_posterior_is_correlated(tmp_path):
+    model, result = lvm_gaps_ais(
+        tmp_path,
+        6,
+        "--num-images 16 --ais-steps 300 --bdmc-datapoints 16 --iwae-samples 200 --steps 10 "
+        "-o lr=0.05 --round-steps 200 --max-steps 600 --json",
+    )
     report = json.loads(result.stdout)
     numbers = report["results"]["test"]
     exact = model.log_marginal(get_dataset("mnist-5k")().load("test").images[:16]).mean().item()
@@ -190,38 +172,12 @@ def test_lvm_gaps_with_ais_is_tighter_than_iwae_where_the_posterior_is_correlate
 
 
 def test_lvm_gaps_prints_both_estimates(tmp_path):
-    images = get_dataset("mnist-5k")().load("train").images
-    model = LinearGaussian.fit_ppca(images, 4).correlate()
-    checkpoint = save_checkpoint(model, tmp_path / "m")
-    result = CliRunner().invoke(
-        cli,
-        [
-            "gaps",
-            "--backend",
-            "linear-gaussian",
-            "--checkpoint",
-            str(checkpoint),
-            "--num-images",
-            "4",
-            "--log-px",
-            "ais",
-            "--ais-steps",
-            "5",
-            "--bdmc-datapoints",
-            "4",
-            "--iwae-samples",
-            "10",
-            "--steps",
-            "1",
-            "--max-steps",
-            "2",
-            "--round-steps",
-            "1",
-            "--threads",
-            "1",
-        ],
+    _, result = lvm_gaps_ais(
+        tmp_path,
+        4,
+        "--num-images 4 --ais-steps 5 --bdmc-datapoints 4 --iwae-samples 10 --steps 1 "
+        "--max-steps 2 --round-steps 1",
     )
-    assert result.exit_code == 0, result.output
     for line in ("log p̂(x) IWAE", "log p̂(x) AIS", "approximation gap (AIS)", "BDMC on 4 simulated"):
         assert line in result.output
 

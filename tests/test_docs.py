@@ -123,6 +123,8 @@ def test_gaps_tables_are_the_run_jsons():
 
 def _restoration_tables():
     """scripts/restoration_tables.py as a module (scripts/ is not a package)."""
+    if str(ROOT / "scripts") not in sys.path:  # for its sibling page_section.py
+        sys.path.insert(0, str(ROOT / "scripts"))
     spec = importlib.util.spec_from_file_location(
         "restoration_tables", ROOT / "scripts" / "restoration_tables.py"
     )
