@@ -281,3 +281,13 @@ def test_ais_on_the_nvae_hierarchy_and_its_flows(name, mnist5k_test_images):
     estimate = ais_log_px(model, x, model.amortized_posterior(), AISSchedule(num_steps=20))
     assert estimate.passes == 10 * (20 * 5 + 1)
     assert (estimate.log_px > elbo).all()
+
+
+def test_the_gmvae_prior_is_refused_as_a_start_by_name(mnist5k_test_images):
+    from lvmtoolkit.data import binarize_fixed
+    from lvmtoolkit.plugins import get_backend, load_checkpoint
+
+    model = load_checkpoint(get_backend("gmvae").default_checkpoint(), backend="gmvae")
+    x = binarize_fixed(mnist5k_test_images[:2])
+    with pytest.raises(LvmError, match="site 'z' is a DiagonalGaussianMixture"):
+        ais_log_px(model, x, PRIOR, AISSchedule(num_steps=2))
