@@ -51,43 +51,32 @@ def cell(numbers: dict, key: str) -> str:
     return f"{value:.2f}" + (f" ± {error:.2f}" if error is not None else "")
 
 
+def row(label: str, cells: list[str]) -> str:
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
 def render(runs: list[dict]) -> str:
     tests = [run["results"]["test"] for run in runs]
+    bdmc = [run["protocol"]["bdmc"] for run in runs]
+    closed = [
+        " / ".join(f"{100 * v:.0f}%" for v in t["fraction_closed_at_step"].values()) for t in tests
+    ]
     lines = [
         "| | " + " | ".join(f"`{run['backend']}`" for run in runs) + " |",
         "|---|" + "---:|" * len(runs),
-        "| test digits | " + " | ".join(f"{t['num_images']:,}" for t in tests) + " |",
-        "| svi steps to q\\* | " + " | ".join(f"{t['optimal_steps']:,}" for t in tests) + " |",
-    ]
-    lines += [
-        f"| {label} | " + " | ".join(cell(t, key) for t in tests) + " |" for label, key in ROWS
-    ]
-    lines.append(
-        "| amortization gap closed after 1 / 10 / 100 / 1000 steps | "
-        + " | ".join(
-            " / ".join(f"{100 * v:.0f}%" for v in t["fraction_closed_at_step"].values())
-            for t in tests
-        )
-        + " |"
-    )
-    bdmc = [run["protocol"]["bdmc"] for run in runs]
-    lines += [
-        "| BDMC: simulated datapoints | "
-        + " | ".join(str(b["num_datapoints"]) for b in bdmc)
-        + " |",
-        "| BDMC: lower / upper | "
-        + " | ".join(f"{b['lower']:.2f} / {b['upper']:.2f}" for b in bdmc)
-        + " |",
-        "| **BDMC sandwich width** | "
-        + " | ".join(f"**{b['width']:.2f} ± {b['width_stderr']:.2f}**" for b in bdmc)
-        + " |",
-        "| AIS acceptance | " + " | ".join(f"{t['ais_acceptance']:.2f}" for t in tests) + " |",
-        "| AIS model passes per image | "
-        + " | ".join(f"{t['passes_per_datapoint']['ais']:,}" for t in tests)
-        + " |",
-        "| AIS seconds (2 threads) | "
-        + " | ".join(f"{t['ais_seconds']:.0f}" for t in tests)
-        + " |",
+        row("test digits", [f"{t['num_images']:,}" for t in tests]),
+        row("svi steps to q\\*", [f"{t['optimal_steps']:,}" for t in tests]),
+        *(row(label, [cell(t, key) for t in tests]) for label, key in ROWS),
+        row("amortization gap closed after 1 / 10 / 100 / 1000 steps", closed),
+        row("BDMC: simulated datapoints", [str(b["num_datapoints"]) for b in bdmc]),
+        row("BDMC: lower / upper", [f"{b['lower']:.2f} / {b['upper']:.2f}" for b in bdmc]),
+        row(
+            "**BDMC sandwich width**",
+            [f"**{b['width']:.2f} ± {b['width_stderr']:.2f}**" for b in bdmc],
+        ),
+        row("AIS acceptance", [f"{t['ais_acceptance']:.2f}" for t in tests]),
+        row("AIS model passes per image", [f"{t['passes_per_datapoint']['ais']:,}" for t in tests]),
+        row("AIS seconds (2 threads)", [f"{t['ais_seconds']:.0f}" for t in tests]),
     ]
     schedules = {run["protocol"]["ais"]["description"] for run in runs}
     notes = [f"AIS schedule: {s}." for s in sorted(schedules)]

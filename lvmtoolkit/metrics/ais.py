@@ -271,11 +271,12 @@ class _Path:
         self.shapes = dict(model.latent_shapes)
         self.sizes = [math.prod(shape) for shape in self.shapes.values()]
         self.dim = sum(self.sizes)
-        rows = x.shape[0]
-        prior = model.latent_prior(rows, x)
+        prior = model.latent_prior(x.shape[0], x)
         q = prior if isinstance(start, str) else start.mean_field(x)
-        # Flat model and mean-field start: the densities directly, no Pyro traces.
+        # Flat model and mean-field start: the densities directly, no Pyro traces. Both
+        # are fixed (model and start are frozen), so they are built once, not per pass.
         self.direct = prior is not None and q is not None and list(q) == list(prior)
+        self.prior, self.q = (prior, q) if self.direct else ({}, {})
 
     def split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         parts = flat.split(self.sizes, dim=1)
@@ -285,15 +286,13 @@ class _Path:
         }
 
     def _h(self, noise: dict[str, torch.Tensor]) -> torch.Tensor:
-        model, x, rows = self.model, self.x, self.x.shape[0]
+        model, x = self.model, self.x
         if self.direct:
-            prior = model.latent_prior(rows, x)
-            q = prior if isinstance(self.start, str) else self.start.mean_field(x)
             total: torch.Tensor | int = 0
             z = {}
-            for name in q:  # type: ignore[union-attr]
-                z[name], log_det = _push(q[name], noise[name], name)  # type: ignore[index]
-                total = total + log_det + prior[name].log_prob(z[name])  # type: ignore[index]
+            for name, fn in self.q.items():
+                z[name], log_det = _push(fn, noise[name], name)
+                total = total + log_det + self.prior[name].log_prob(z[name])
             return total + observed_log_prob(model.decode(z), x)
         driven = _NoiseSites(noise=noise)
         if isinstance(self.start, str):
@@ -320,12 +319,7 @@ class _Path:
         """The noise that the start maps to the latents ``z`` (for reverse chains)."""
         model, x, rows = self.model, self.x, self.x.shape[0]
         if self.direct:
-            q = (
-                model.latent_prior(rows, x)
-                if isinstance(self.start, str)
-                else self.start.mean_field(x)
-            )
-            pulled = {name: _pull(q[name], z[name], name) for name in q}  # type: ignore[union-attr,index]
+            pulled = {name: _pull(fn, z[name], name) for name, fn in self.q.items()}
         else:
             sites = _NoiseSites(values=z)
             program = model.model if isinstance(self.start, str) else self.start.guide
@@ -526,7 +520,6 @@ def _rows(start: Start, index: torch.Tensor) -> Start:
     return start if isinstance(start, str) else start.rows(index)
 
 
-@torch.no_grad()
 def ais_log_px(
     model: Model,
     x: torch.Tensor,
@@ -576,6 +569,7 @@ def ais_log_px(
     )
 
 
+@torch.no_grad()
 def _chunked(
     model: Model,
     x: torch.Tensor,
