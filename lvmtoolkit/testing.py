@@ -298,8 +298,8 @@ def _check_direct_elbo(
     """A flat model's direct ELBO equals Pyro's, in value and gradient, for the same draws."""
     import torch
 
-    from lvmtoolkit.core.direct_elbo import direct_elbo
     from lvmtoolkit.core.elbo import per_datapoint_elbo
+    from lvmtoolkit.core.model import direct_elbo
     from lvmtoolkit.core.posterior import LocalGaussianPosterior
     from lvmtoolkit.core.runtime import frozen
 

@@ -40,7 +40,7 @@ from lvmtoolkit.errors import LvmError
 from lvmtoolkit.metrics.ssim import ssim
 from lvmtoolkit.plugins import get_backend, get_dataset, load_checkpoint
 from lvmtoolkit.tasks.evaluation import corrupt, observation_of
-from lvmtoolkit.tasks.kinds import MASK_KINDS
+from lvmtoolkit.tasks import MASK_KINDS
 from lvmtoolkit.tasks.restoration import restoration_refiner, restore
 
 

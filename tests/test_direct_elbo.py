@@ -10,12 +10,12 @@ from lvm_linear_gaussian.model import LinearGaussian
 from lvm_nvae.model import NVAE, NVAEConfig
 
 from lvmtoolkit.adapters import PyroVAE
-from lvmtoolkit.core.direct_elbo import direct_elbo, model_elbo
 from lvmtoolkit.core.elbo import per_datapoint_elbo
+from lvmtoolkit.core.model import direct_elbo, model_elbo
 from lvmtoolkit.core.posterior import AmortizedGaussianPosterior, LocalGaussianPosterior
 from lvmtoolkit.errors import LvmError
 from lvmtoolkit.refiners import SVIFlowRefiner, SVIRefiner
-from lvmtoolkit.tasks.observation_model import parse_observation
+from lvmtoolkit.tasks.observations import parse_observation
 from lvmtoolkit.tasks.observed_model import ObservedModel
 from lvmtoolkit.testing import ModelCheckError, check_model, make_tiny_model
 
@@ -253,7 +253,7 @@ def test_passes_default_to_the_backends_chunk_size_and_refuse_zero(tiny_vae, dig
 def test_every_pass_size_is_resolved_and_checked_by_the_backend(tiny_vae, digits, monkeypatch):
     from lvmtoolkit.metrics import iwae_bound
     from lvmtoolkit.metrics.conditional import conditional_log_likelihood
-    from lvmtoolkit.tasks.mwg import metropolis_within_gibbs
+    from lvmtoolkit.tasks.restoration import metropolis_within_gibbs
 
     posterior = tiny_vae.amortized_posterior()
     assert tiny_vae.rows_per_pass(None) == 2048 and tiny_vae.rows_per_pass(7) == 7

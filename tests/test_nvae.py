@@ -22,12 +22,15 @@ from lvmtoolkit.metrics import iwae_bound, nelbo
 from lvmtoolkit.plugins import get_backend, load_checkpoint
 from lvmtoolkit.refiners import SVIFlowRefiner, SVIRefiner, make_local_posterior
 from lvmtoolkit.refiners.svi import dimension_scale
-from lvmtoolkit.tasks.conditional import conditional_summary
-from lvmtoolkit.tasks.importance import importance_summary
-from lvmtoolkit.tasks.mwg import metropolis_within_gibbs
-from lvmtoolkit.tasks.observation_model import parse_observation
+from lvmtoolkit.tasks.observations import parse_observation
 from lvmtoolkit.tasks.observed_model import ObservedModel
-from lvmtoolkit.tasks.restoration import restoration_refiner, restore
+from lvmtoolkit.tasks.restoration import (
+    conditional_summary,
+    importance_summary,
+    metropolis_within_gibbs,
+    restoration_refiner,
+    restore,
+)
 
 TINY = dict(
     channels=(8, 8, 8),

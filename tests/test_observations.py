@@ -27,7 +27,7 @@ from lvmtoolkit.tasks import (
     make_mask,
     parse_observation,
 )
-from lvmtoolkit.tasks.pixels import CensoredGaussianPosterior, CensoredNormal
+from lvmtoolkit.tasks.observations import CensoredGaussianPosterior, CensoredNormal
 
 BUILT_INS = ["bit-flip", "gaussian", "missing", "salt-pepper"]
 

@@ -19,8 +19,7 @@ from lvmtoolkit.tasks import (
     restoration_refiner,
     restore,
 )
-from lvmtoolkit.tasks.restoration import conditional_nll_estimate
-from lvmtoolkit.tasks.summary import PixelSummary
+from lvmtoolkit.tasks.restoration import PixelSummary, conditional_nll_estimate
 
 # --- the exact answer: probabilistic PCA ----------------------------------------------
 

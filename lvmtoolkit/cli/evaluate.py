@@ -14,7 +14,7 @@ import click
 
 from lvmtoolkit.cli.common import SEED, data_options, parse_key_values, runtime_options, stderr
 from lvmtoolkit.cli.jobs import data_images, input_options, user_models
-from lvmtoolkit.tasks.kinds import MASK_KINDS, METHODS, NOISE_KINDS
+from lvmtoolkit.tasks import MASK_KINDS, METHODS, NOISE_KINDS
 
 
 def register(cli: click.Group) -> None:

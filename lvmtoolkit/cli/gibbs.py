@@ -18,7 +18,7 @@ from lvmtoolkit.cli.common import (
     runtime_options,
     stderr,
 )
-from lvmtoolkit.tasks.kinds import METHODS
+from lvmtoolkit.tasks import METHODS
 
 _FILE_RULES = """\
 \b
@@ -305,7 +305,7 @@ def _run(
     )
     from lvmtoolkit.plugins import load_backend_model
     from lvmtoolkit.tasks.gibbs import gibbs_refiner
-    from lvmtoolkit.tasks.observation_model import parse_observation
+    from lvmtoolkit.tasks.observations import parse_observation
     from lvmtoolkit.tasks.observed_model import ObservedModel
     from lvmtoolkit.tasks.restoration import METHOD_DEFAULTS, restoration_refiner, restore
 

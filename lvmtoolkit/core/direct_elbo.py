@@ -1,4 +1,4 @@
-"""The per-datapoint ELBO of a toolkit Model, computed without Pyro's traces where it can be.
+"""The per-datapoint ELBO of a flat model under a mean-field posterior, without Pyro's traces.
 
 `per_datapoint_elbo` evaluates the estimator on Pyro's traces: it runs the guide under a
 tracer, replays the model against it and walks both traces. That is general (any model,
@@ -9,31 +9,28 @@ drawn independently from a fixed prior and whose pixels are then drawn from
 whose sites are independent given x (the encoder's Gaussians, svi's per-datapoint
 Gaussians, svi-flow's per-datapoint flows on them).
 
-For that pair `direct_elbo` computes the same estimator in a few torch operations: the
+For that pair `mean_field_elbo` computes the same estimator in a few torch operations: the
 same distribution objects, the same draws in the same order, the same choice between the
 closed-form KL and ``log p(z) - log q(z)``, the same sticking-the-landing score, and the
 terms added in the order the traces add them. With the same seed it returns the same
 values and gradients as the Pyro path (tests check both, and `lvmtoolkit.testing.check_model`
 checks every backend that declares `Model.latent_prior`).
 
-`model_elbo` is what refiners and estimators call: the direct path where the model and the
-posterior both allow it, Pyro's traces everywhere else.
+It works on the distributions alone (the prior and q of every site, and the decoder), so it
+knows nothing of `Model`; `lvmtoolkit.core.model.model_elbo`, what refiners and estimators
+call, takes this path where the model and the posterior both allow it and Pyro's traces
+everywhere else.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
 
 import torch
 from torch.distributions import Bernoulli, Distribution, kl_divergence
 
-from lvmtoolkit.core.elbo import _stop_gradient, per_datapoint_elbo
+from lvmtoolkit.core.elbo import _stop_gradient
 from lvmtoolkit.core.likelihood import peel_independent
-from lvmtoolkit.errors import LvmError
-
-if TYPE_CHECKING:
-    from lvmtoolkit.core.model import Model
-    from lvmtoolkit.core.posterior import Posterior
 
 
 def _sum_per_datapoint(value: torch.Tensor, event_dims: int) -> torch.Tensor:
@@ -72,34 +69,38 @@ def observed_log_prob(
     return _sum_per_datapoint(log_prob, event_dims)
 
 
-def direct_elbo(
-    model: Model,
-    posterior: Posterior,
+def mean_field_elbo(
+    prior: Mapping[str, Distribution],
+    q: Mapping[str, Distribution],
+    decode: Callable[[dict[str, torch.Tensor]], Distribution],
     x: torch.Tensor,
     mask: torch.Tensor | None = None,
     *,
     analytic_kl: bool = True,
     stl: bool = False,
-) -> torch.Tensor | None:
-    """The one-sample ELBO of each datapoint without Pyro's traces, or None where it cannot.
+) -> torch.Tensor:
+    """The one-sample ELBO of each datapoint, from each site's prior and posterior.
 
-    It can when ``model.latent_prior`` gives a prior for every latent site and
-    ``posterior.mean_field(x)`` gives q for the same sites. Arguments and result are those of
-    `per_datapoint_elbo`, whose estimator this is (same value for the same draws).
+    Draws every site from ``q`` in ``q``'s order (the guide's: its draws consume the
+    generator as the traced guide's would), then adds the terms in the prior's order (the
+    model's, as the traces are walked): the closed-form KL where ``analytic_kl`` and the
+    pair has one, else ``log p(z) - log q(z)``, then ``log p(x | z)``.
+
+    Args:
+        prior: The prior of every latent site, by name, batch shape ``(N,)``.
+        q: The posterior of the same sites.
+        decode: ``z -> p(x | z)``, as `Model.decode`.
+        x: The batch.
+        mask: Optional observed-pixel mask.
+        analytic_kl: Closed-form KL where the pair has one.
+        stl: Sticking the landing: the score of q without its parameters' gradient.
 
     Returns:
-        Tensor of shape ``(N,)``, or None (nothing was drawn: the caller's noise is intact).
+        Tensor of shape ``(N,)`` (differentiable).
     """
-    prior = model.latent_prior(x.shape[0], x)
-    if prior is None:
-        return None
-    q = posterior.mean_field(x)
-    if q is None or set(q) != set(prior):
-        return None
-    # The guide's order: its draws consume the generator as the traced guide's would.
     z = {name: site.rsample() for name, site in q.items()}
     elbo: torch.Tensor | int = 0
-    for name in prior:  # the model's order, as the traces are walked
+    for name in prior:
         q_site, p_site = q[name], prior[name]
         if analytic_kl:
             try:
@@ -109,40 +110,4 @@ def direct_elbo(
                 pass
         elbo = elbo + p_site.log_prob(z[name])
         elbo = elbo - (_stop_gradient(q_site) if stl else q_site).log_prob(z[name])
-    return elbo + observed_log_prob(model.decode(z), x, mask)
-
-
-def model_elbo(
-    model: Model,
-    posterior: Posterior,
-    x: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    *,
-    analytic_kl: bool = True,
-    stl: bool = False,
-) -> torch.Tensor:
-    """One-sample ELBO of each datapoint of a Model under a Posterior.
-
-    `direct_elbo` where the model and the posterior allow it, else `per_datapoint_elbo` on
-    ``model.model`` and the posterior's guide. The two agree: the choice changes the time a
-    step takes, not its result.
-
-    Args:
-        model: The model.
-        posterior: A posterior of ``len(x)`` datapoints (or an amortized one).
-        x: The batch.
-        mask: Optional observed-pixel mask.
-        analytic_kl: Closed-form KL where the pair has one.
-        stl: Sticking the landing (needs ``analytic_kl=False``).
-
-    Returns:
-        Tensor of shape ``(N,)`` (differentiable).
-    """
-    if stl and analytic_kl:
-        raise LvmError("stl applies to the Monte-Carlo KL: pass analytic_kl=False with stl=True")
-    direct = direct_elbo(model, posterior, x, mask, analytic_kl=analytic_kl, stl=stl)
-    if direct is not None:
-        return direct
-    return per_datapoint_elbo(
-        model.model, posterior, x, mask=mask, analytic_kl=analytic_kl, stl=stl
-    )
+    return elbo + observed_log_prob(decode(z), x, mask)

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from torch.distributions import Distribution
 
-from lvmtoolkit.core.direct_elbo import model_elbo
+from lvmtoolkit.core.direct_elbo import mean_field_elbo
+from lvmtoolkit.core.elbo import per_datapoint_elbo
 from lvmtoolkit.core.posterior import Posterior
 from lvmtoolkit.core.runtime import replaces
 from lvmtoolkit.errors import CheckpointError, LvmError
@@ -199,3 +200,66 @@ def config_from_dict(config_class: type, values: dict[str, Any]) -> Any:
         return config_class(**values)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"invalid {config_class.__name__}: {err}") from None
+
+
+def direct_elbo(
+    model: Model,
+    posterior: Posterior,
+    x: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    analytic_kl: bool = True,
+    stl: bool = False,
+) -> torch.Tensor | None:
+    """The one-sample ELBO of each datapoint without Pyro's traces, or None where it cannot.
+
+    It can when ``model.latent_prior`` gives a prior for every latent site and
+    ``posterior.mean_field(x)`` gives q for the same sites. Arguments and result are those of
+    `per_datapoint_elbo`, whose estimator this is (same value for the same draws).
+
+    Returns:
+        Tensor of shape ``(N,)``, or None (nothing was drawn: the caller's noise is intact).
+    """
+    prior = model.latent_prior(x.shape[0], x)
+    if prior is None:
+        return None
+    q = posterior.mean_field(x)
+    if q is None or set(q) != set(prior):
+        return None
+    return mean_field_elbo(prior, q, model.decode, x, mask, analytic_kl=analytic_kl, stl=stl)
+
+
+def model_elbo(
+    model: Model,
+    posterior: Posterior,
+    x: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    analytic_kl: bool = True,
+    stl: bool = False,
+) -> torch.Tensor:
+    """One-sample ELBO of each datapoint of a Model under a Posterior.
+
+    `direct_elbo` where the model and the posterior allow it, else `per_datapoint_elbo` on
+    ``model.model`` and the posterior's guide. The two agree: the choice changes the time a
+    step takes, not its result.
+
+    Args:
+        model: The model.
+        posterior: A posterior of ``len(x)`` datapoints (or an amortized one).
+        x: The batch.
+        mask: Optional observed-pixel mask.
+        analytic_kl: Closed-form KL where the pair has one.
+        stl: Sticking the landing (needs ``analytic_kl=False``).
+
+    Returns:
+        Tensor of shape ``(N,)`` (differentiable).
+    """
+    if stl and analytic_kl:
+        raise LvmError("stl applies to the Monte-Carlo KL: pass analytic_kl=False with stl=True")
+    direct = direct_elbo(model, posterior, x, mask, analytic_kl=analytic_kl, stl=stl)
+    if direct is not None:
+        return direct
+    return per_datapoint_elbo(
+        model.model, posterior, x, mask=mask, analytic_kl=analytic_kl, stl=stl
+    )

@@ -7,8 +7,7 @@ import math
 import pyro
 import torch
 
-from lvmtoolkit.core.direct_elbo import model_elbo
-from lvmtoolkit.core.model import Model
+from lvmtoolkit.core.model import Model, model_elbo
 from lvmtoolkit.core.posterior import Posterior
 from lvmtoolkit.core.runtime import chunks, frozen, seeded
 from lvmtoolkit.core.validation import check_batch

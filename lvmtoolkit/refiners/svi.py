@@ -16,8 +16,7 @@ from typing import Any
 import pyro
 import torch
 
-from lvmtoolkit.core.direct_elbo import model_elbo
-from lvmtoolkit.core.model import Model
+from lvmtoolkit.core.model import Model, model_elbo
 from lvmtoolkit.core.nelbo import nelbo
 from lvmtoolkit.core.options import option
 from lvmtoolkit.core.posterior import LocalPosterior, Posterior

@@ -31,10 +31,9 @@ from lvmtoolkit.errors import LvmError, OptionError
 from lvmtoolkit.metrics.fid import FeatureExtractor, features_of, frechet_distance
 from lvmtoolkit.metrics.report import Report, options_of
 from lvmtoolkit.metrics.ssim import ssim
+from lvmtoolkit.tasks import MASK_KINDS, METHODS, NOISE_KINDS
 from lvmtoolkit.tasks.gibbs import GIBBS_REFINER_DEFAULTS, gibbs_refiner, pseudo_gibbs
-from lvmtoolkit.tasks.kinds import MASK_KINDS, METHODS, NOISE_KINDS
-from lvmtoolkit.tasks.observation_model import ObservationModel, parse_observation
-from lvmtoolkit.tasks.observations import Missing
+from lvmtoolkit.tasks.observations import Missing, ObservationModel, parse_observation
 from lvmtoolkit.tasks.restoration import (
     METHOD_DEFAULTS,
     NLL_SAMPLES,

@@ -24,8 +24,7 @@ from lvmtoolkit.core.model import Model
 from lvmtoolkit.core.posterior import Posterior
 from lvmtoolkit.core.validation import check_batch
 from lvmtoolkit.errors import LvmError
-from lvmtoolkit.tasks.observation_model import ObservationMismatch, ObservationModel
-from lvmtoolkit.tasks.pixels import Where
+from lvmtoolkit.tasks.observations import ObservationMismatch, ObservationModel, Where
 
 OBSERVED_SITE = "x"
 """The model contract's name of the observed site."""

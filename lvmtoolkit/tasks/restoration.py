@@ -1,4 +1,4 @@
-"""Restoration as inference on what was observed: `restore`, the one entry point.
+"""Restoration as inference on what was observed: `restore`, the one entry point, and its methods.
 
 Given observations y of clean images x under an observation model p(y | x) (``missing``
 pixels, ``gaussian`` noise, ...), `restore` estimates p(x | y) with one of the methods of
@@ -7,38 +7,74 @@ pixels, ``gaussian`` noise, ...), `restore` estimates p(x | y) with one of the m
 - ``conditional`` (the default): refine q(z | y) under p(y | z) with any refiner, starting
   from the encoder applied to y (unobserved pixels filled with ``fill``, 0 by default: the
   background of dark-background images, and what the paper's chain starts from); the
-  result is E[x | y] averaged over q (`lvmtoolkit.tasks.conditional`);
-- ``importance``: self-normalised importance sampling and importance resampling with the
-  refined q as proposal (`lvmtoolkit.tasks.importance`);
-- ``mwg``: Metropolis-within-Gibbs with the refined q as proposal
-  (`lvmtoolkit.tasks.mwg`);
+  result is E[x | y] = E_{z ~ q(z | y)} [ E[x | y, z] ], the average over draws of z of the
+  pixel posterior given y and z (`conditional_summary`); its variance follows from the law
+  of total variance. Imputation by the conditional mean under the model is that of
+  MIWAE (Mattei & Frellsen, ICML 2019).
+- ``importance``: self-normalised importance sampling with the refined q as proposal
+  (`importance_summary`). Draw z_1..z_K ~ q(z | y), weigh each by
+  w_k = p(y, z_k) / q(z_k | y); the mean is sum_k w_k E[x | y, z_k] / sum_k w_k
+  (consistent as K grows whatever the proposal's quality, if it covers the posterior),
+  samples come by importance resampling (Rubin 1988), and the conditional log-likelihood
+  of clean data by the same weights. The better the proposal, the larger the effective
+  sample size ``(sum w)^2 / sum w^2``.
+- ``mwg``: Metropolis-within-Gibbs with the refined q as proposal, asymptotically exact
+  (`metropolis_within_gibbs`). The chain's state is (z, x); each iteration proposes
+  z' ~ q(z | y) independently of the state and accepts it with probability
+  min(1, w(z') / w(z)), w(z) = p(y | z) p(z) / q(z | y) (x is integrated out exactly, since
+  the observation model gives p(y | z)), then draws x ~ p(x | y, z). Step 2 after step 1
+  is a partially collapsed Gibbs sampler (van Dyk & Park 2008). Mattei & Frellsen (2018)
+  propose z' from the encoder applied to the current completed image; with a refined
+  q(z | y), whose draws do not depend on the current x, the collapsed step accepts far
+  more often. After ``burn_in`` iterations the restored image is the Rao-Blackwellised mean
+  (1 / T) sum_t E[x | y, z_t].
 - ``pseudo-gibbs``: the paper's chain, the baseline (`lvmtoolkit.tasks.gibbs`).
 
 Every method returns the posterior mean, the per-pixel standard deviation and samples; with
 clean ``reference`` images it also estimates the conditional log-likelihood
-log p(reference | y) (for ``missing``: log p(x_miss | x_obs)).
+log p(reference | y) (for ``missing``: log p(x_miss | x_obs)). Every method folds the draws
+it visits into a `PixelSummary`, so memory does not grow with the number of draws.
+
+References:
+    Mattei & Frellsen, "MIWAE: Deep Generative Modelling and Imputation of Incomplete Data
+    Sets", ICML 2019; Mattei & Frellsen, "Leveraging the Exact Likelihood of Deep Latent
+    Variable Models", NeurIPS 2018; van Dyk & Park, "Partially Collapsed Gibbs Samplers",
+    JASA 2008; Rubin, "Using the SIR Algorithm to Simulate Posterior Distributions",
+    Bayesian Statistics 3, 1988.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from torch.distributions import Distribution
 
 from lvmtoolkit.core.model import Model
 from lvmtoolkit.core.posterior import Posterior
 from lvmtoolkit.core.refiner import Refiner
-from lvmtoolkit.core.runtime import check_seed, frozen, mask_rows, seeded, stream_seed
+from lvmtoolkit.core.runtime import (
+    check_seed,
+    chunks,
+    eval_mode,
+    frozen,
+    mask_rows,
+    seeded,
+    stream_seed,
+)
 from lvmtoolkit.errors import LvmError, OptionError
-from lvmtoolkit.metrics.conditional import conditional_log_likelihood
-from lvmtoolkit.tasks.conditional import conditional_summary
+from lvmtoolkit.metrics.conditional import (
+    conditional_log_likelihood,
+    distinct_rows,
+    posterior_latents,
+    weighted_latents,
+)
+from lvmtoolkit.tasks import METHODS
 from lvmtoolkit.tasks.gibbs import ChainPosterior, gibbs_refiner, pseudo_gibbs
-from lvmtoolkit.tasks.importance import importance_summary
-from lvmtoolkit.tasks.kinds import METHODS
-from lvmtoolkit.tasks.mwg import metropolis_within_gibbs
-from lvmtoolkit.tasks.observation_model import ObservationModel, parse_observation
+from lvmtoolkit.tasks.observations import ObservationModel, parse_observation
 from lvmtoolkit.tasks.observed_model import ObservedModel
 
 Result = Literal["mean", "sample"]
@@ -428,3 +464,304 @@ def _pseudo_gibbs(
     )  # fmt: skip
     restored.observed = torch.ones_like(y, dtype=torch.bool) if mask is None else mask
     return restored
+
+
+# --- running summaries of p(x | y): mean, variance, kept samples --------------------
+
+
+class PixelSummary:
+    """Accumulates p(x | y, z_j) over draws j for N datapoints, one draw at a time.
+
+    Every method visits latents z (drawn from a posterior, weighted by importance or
+    visited by a chain) and, at each, the pixel posterior p(x | y, z). Folded in:
+
+    - the mean E[x | y] = sum_j w_j E[x | y, z_j] / sum_j w_j;
+    - the variance by the law of total variance, from the running E[x^2 | y];
+    - ``keep`` samples of x: with weights, each slot holds a draw chosen with probability
+      proportional to its weight (streaming importance resampling, exact for every slot);
+      without weights, slot s holds the s-th draw.
+
+    Args:
+        n: Number of datapoints.
+        shape: Shape of one datapoint.
+        keep: Samples of x to keep per datapoint.
+        device: Where the accumulators live.
+        weighted: Whether draws carry importance weights (see `add`).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        shape: tuple[int, ...],
+        *,
+        keep: int = 0,
+        device: torch.device | str = "cpu",
+        weighted: bool = False,
+    ):
+        self.weighted = weighted
+        self.log_total = torch.full((n,), -math.inf, device=device, dtype=torch.float64)
+        self.log_square_total = self.log_total.clone()
+        self.count = torch.zeros(n, dtype=torch.long, device=device)
+        self.mean = torch.zeros(n, *shape, device=device)
+        self.second = torch.zeros(n, *shape, device=device)
+        self.samples = torch.zeros(keep, n, *shape, device=device)
+
+    def add(
+        self,
+        index: torch.Tensor,
+        pixels: Distribution,
+        log_w: torch.Tensor | None = None,
+    ) -> None:
+        """Fold in one draw per row: p(x | y, z) of the datapoints ``index``.
+
+        Args:
+            index: ``(R,)`` datapoint of each row; a datapoint may repeat (several draws of
+                it in one block, as `weighted_latents` yields them), in whole repeats of a
+                run of distinct datapoints.
+            pixels: p(x | y, z) of the rows, batch shape ``(R, *shape)``.
+            log_w: ``(R,)`` log importance weights (for ``weighted`` summaries).
+        """
+        mean = pixels.mean.float()
+        variance = pixels.variance.float()
+        draw = pixels.sample().float() if self.samples.shape[0] else None
+        count = int(torch.unique(index).numel())
+        for start in range(0, index.shape[0], count):
+            part = slice(start, start + count)
+            self._add_rows(
+                index[part],
+                mean[part],
+                variance[part],
+                None if draw is None else draw[part],
+                None if log_w is None else log_w[part],
+            )
+
+    def _add_rows(
+        self,
+        rows: torch.Tensor,
+        mean: torch.Tensor,
+        variance: torch.Tensor,
+        draw: torch.Tensor | None,
+        log_w: torch.Tensor | None,
+    ) -> None:
+        second = variance + mean**2
+        log_w = torch.zeros(rows.shape[0], device=rows.device) if log_w is None else log_w
+        log_w = log_w.double()
+        old = self.log_total[rows]
+        new = torch.logaddexp(old, log_w)
+        take_new = torch.exp(log_w - new).float().nan_to_num(0.0)  # 1 at the first draw
+        view = (-1,) + (1,) * (mean.dim() - 1)
+        # m + w (new - m): exact when every draw agrees (observed pixels stay bit for bit).
+        step = take_new.view(view)
+        self.mean[rows] = self.mean[rows] + step * (mean - self.mean[rows])
+        self.second[rows] = self.second[rows] + step * (second - self.second[rows])
+        self.log_total[rows] = new
+        self.log_square_total[rows] = torch.logaddexp(self.log_square_total[rows], 2 * log_w)
+        if draw is not None:
+            if self.weighted:
+                # Each slot takes the new draw with probability w / (sum of w so far).
+                # Replacements get rarer as weight accumulates (about log K per slot over
+                # K draws), so only the slots that change are written.
+                keep = self.samples.shape[0]
+                replace = torch.rand(keep, rows.shape[0], device=rows.device) < take_new
+                slots, which = replace.nonzero(as_tuple=True)
+                if slots.numel():
+                    self.samples[slots, rows[which]] = draw[which]
+            else:
+                slot_of = self.count[rows]
+                fresh = slot_of < self.samples.shape[0]
+                if bool(fresh.any()):
+                    self.samples[slot_of[fresh], rows[fresh]] = draw[fresh]
+        self.count[rows] += 1
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Var[x | y] per pixel: E[x^2 | y] - E[x | y]^2 (clamped at 0)."""
+        return (self.second - self.mean**2).clamp(min=0.0)
+
+    @property
+    def effective_sample_size(self) -> torch.Tensor:
+        """(sum w)^2 / sum w^2 per datapoint: the number of draws the weights are worth."""
+        return torch.exp(2 * self.log_total - self.log_square_total).float()
+
+
+# --- conditional: the posterior mean under a refined q(z | y) -----------------------
+
+
+@torch.no_grad()
+def conditional_summary(
+    model: ObservedModel,
+    posterior: Posterior,
+    y: torch.Tensor,
+    mask: torch.Tensor | None,
+    *,
+    num_samples: int,
+    keep: int = 0,
+    max_rows: int | None = None,
+) -> PixelSummary:
+    """Mean, variance and ``keep`` samples of p(x | y) under ``posterior`` as q(z | y).
+
+    Args:
+        model: The backend seen through the observation model; run in eval mode (each
+            module gets its own mode back afterwards).
+        posterior: q(z | y) for the N datapoints of ``y`` (refined, or the encoder's).
+        y: ``(N, *data_shape)`` observations (unobserved pixels filled).
+        mask: Observed-pixel mask, or None.
+        num_samples: Draws of z per datapoint.
+        keep: Samples of x to keep per datapoint (the first ``keep`` draws).
+        max_rows: Bound on datapoint-draws per forward pass; None: the model's
+            `Model.chunk_size`.
+
+    Returns:
+        The summary; draws use torch's global RNG.
+    """
+    summary = PixelSummary(y.shape[0], tuple(y.shape[1:]), keep=keep, device=y.device)
+    with eval_mode(model):
+        for index, z in posterior_latents(
+            model, posterior, y, mask, num_samples=num_samples, max_rows=max_rows
+        ):
+            summary.add(index, model.pixel_posterior(z, y[index], mask_rows(mask, index, y)))
+    return summary
+
+
+# --- importance sampling and resampling, q(z | y) as proposal -----------------------
+
+
+@torch.no_grad()
+def importance_summary(
+    model: ObservedModel,
+    posterior: Posterior,
+    y: torch.Tensor,
+    mask: torch.Tensor | None,
+    *,
+    num_samples: int,
+    keep: int = 0,
+    reference: torch.Tensor | None = None,
+    max_rows: int | None = None,
+) -> tuple[PixelSummary, torch.Tensor | None]:
+    """Importance-weighted mean, variance and resampled draws of p(x | y).
+
+    Args:
+        model: The backend seen through the observation model; run in eval mode (each
+            module gets its own mode back afterwards).
+        posterior: The proposal q(z | y) for the N datapoints of ``y``.
+        y: ``(N, *data_shape)`` observations (unobserved pixels filled).
+        mask: Observed-pixel mask, or None.
+        num_samples: K, importance samples per datapoint.
+        keep: Samples of x to draw by importance resampling, per datapoint.
+        reference: Clean data; if given, also estimate log p(reference | y).
+        max_rows: Bound on datapoint-draws per forward pass; None: the model's
+            `Model.chunk_size`.
+
+    Returns:
+        The weighted summary (its ``effective_sample_size`` says what the weights are
+        worth) and the ``(N,)`` log-likelihood estimates (None without ``reference``).
+    """
+    n = y.shape[0]
+    summary = PixelSummary(n, tuple(y.shape[1:]), keep=keep, device=y.device, weighted=True)
+    numerator = torch.full((n,), -math.inf, dtype=torch.float64, device=y.device)
+    with eval_mode(model):
+        for index, z, log_w in weighted_latents(
+            model, posterior, y, mask, num_samples=num_samples, max_rows=max_rows
+        ):
+            pixels = model.pixel_posterior(z, y[index], mask_rows(mask, index, y))
+            summary.add(index, pixels, log_w)
+            if reference is not None:
+                count = distinct_rows(index)
+                target = pixels.log_prob(reference[index]).flatten(1).sum(1).double()
+                numerator[index[:count]] = torch.logaddexp(
+                    numerator[index[:count]],
+                    torch.logsumexp((log_w.double() + target).view(-1, count), dim=0),
+                )
+    log_likelihood = None
+    if reference is not None:
+        log_likelihood = (numerator - summary.log_total).float()
+    return summary, log_likelihood
+
+
+# --- Metropolis-within-Gibbs, q(z | y) as proposal ----------------------------------
+
+
+def _propose(
+    model: ObservedModel, posterior: Posterior, y: torch.Tensor, mask: torch.Tensor | None,
+    max_rows: int,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:  # fmt: skip
+    """One draw of z ~ q per datapoint, in order, with its log weight."""
+    zs, log_ws = [], []
+    for _, z, log_w in weighted_latents(
+        model, posterior, y, mask, num_samples=1, max_rows=max_rows
+    ):
+        zs.append(z)
+        log_ws.append(log_w)
+    return {k: torch.cat([z[k] for z in zs]) for k in zs[0]}, torch.cat(log_ws)
+
+
+@torch.no_grad()
+def metropolis_within_gibbs(
+    model: ObservedModel,
+    posterior: Posterior,
+    y: torch.Tensor,
+    mask: torch.Tensor | None,
+    *,
+    iterations: int,
+    burn_in: int,
+    keep: int = 0,
+    reference: torch.Tensor | None = None,
+    max_rows: int | None = None,
+) -> tuple[PixelSummary, torch.Tensor | None, dict[str, Any]]:
+    """Run one chain per image; summarise p(x | y) from the iterations after ``burn_in``.
+
+    Args:
+        model: The backend seen through the observation model; run in eval mode (each
+            module gets its own mode back afterwards).
+        posterior: The proposal q(z | y) for the N datapoints of ``y``.
+        y: ``(N, *data_shape)`` observations (unobserved pixels filled).
+        mask: Observed-pixel mask, or None.
+        iterations: Iterations of each chain (the first draw from q is iteration 1).
+        burn_in: Iterations left out of the summary (fewer than ``iterations``).
+        keep: Samples of x to keep per image, at evenly spaced iterations after burn-in.
+        reference: Clean data; if given, also estimate log p(reference | y).
+        max_rows: Bound on images per forward pass; None: the model's
+            `Model.chunk_size`.
+
+    Returns:
+        The summary (samples in ``summary.samples``), the ``(N,)`` log-likelihood estimates
+        (None without ``reference``), and ``{"acceptance": (N,) acceptance rates}``.
+    """
+    n = y.shape[0]
+    max_rows = model.rows_per_pass(max_rows)
+    summary = PixelSummary(n, tuple(y.shape[1:]), device=y.device)
+    samples = torch.zeros(keep, n, *y.shape[1:], device=y.device)
+    kept_at = {burn_in + 1 + (s * (iterations - burn_in)) // max(keep, 1): s for s in range(keep)}
+    log_likelihood = torch.full((n,), -math.inf, dtype=torch.float64, device=y.device)
+    accepted = torch.zeros(n, device=y.device)
+    with eval_mode(model):
+        z, log_w = _propose(model, posterior, y, mask, max_rows)
+        for t in range(1, iterations + 1):
+            if t > 1:
+                proposal, proposal_log_w = _propose(model, posterior, y, mask, max_rows)
+                log_u = torch.rand(n, device=y.device).log()
+                accept = log_u < (proposal_log_w - log_w)
+                accepted += accept.float()
+                for name, value in z.items():
+                    view = (-1,) + (1,) * (value.dim() - 1)
+                    z[name] = torch.where(accept.view(view), proposal[name], value)
+                log_w = torch.where(accept, proposal_log_w, log_w)
+            if t <= burn_in:
+                continue
+            for part in chunks(n, max_rows):
+                rows = torch.arange(part.start, part.stop, device=y.device)
+                pixels = model.pixel_posterior(
+                    {k: v[part] for k, v in z.items()}, y[part], mask_rows(mask, part, y)
+                )
+                summary.add(rows, pixels)
+                if t in kept_at:
+                    samples[kept_at[t], part] = pixels.sample().float()
+                if reference is not None:
+                    target = pixels.log_prob(reference[part]).flatten(1).sum(1).double()
+                    log_likelihood[part] = torch.logaddexp(log_likelihood[part], target)
+    summary.samples = samples
+    estimate = None
+    if reference is not None:
+        estimate = (log_likelihood - math.log(iterations - burn_in)).float()
+    rate = accepted / max(iterations - 1, 1)
+    return summary, estimate, {"acceptance": rate}
