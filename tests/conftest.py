@@ -51,3 +51,65 @@ def bundled_vae():
     from lvmtoolkit.plugins import load_checkpoint
 
     return load_checkpoint(VAE.default_checkpoint(), backend="vae")
+
+
+@pytest.fixture
+def lvm_refine():
+    """``lvm refine`` in-process on a few test digits: ``lvm_refine("--refiner", "svi-flow")``.
+
+    Small defaults (4 images, 2 evaluation samples, the test split, one thread) keep a run
+    to seconds; keywords override them (``steps="1,3"``; None leaves an option out).
+    """
+    from click.testing import CliRunner
+
+    from lvmtoolkit.cli import cli
+
+    def run(*args, steps="1,2", num_images=4, eval_samples=2, split="test", threads=1):
+        given = {"--steps": steps, "--num-images": num_images, "--eval-samples": eval_samples}
+        given |= {"--split": split, "--threads": threads}
+        options = [
+            str(p) for key, value in given.items() if value is not None for p in (key, value)
+        ]
+        return CliRunner().invoke(cli, ["refine", *map(str, args), *options])
+
+    return run
+
+
+@pytest.fixture
+def nan_first_row(tiny_vae):
+    """``tiny_vae`` whose decoder gives NaN for the first datapoint of every batch."""
+
+    def poison_first_row(module, inputs, output):
+        output = output.clone()
+        output[0] = float("nan")
+        return output
+
+    handle = tiny_vae.decoder.register_forward_hook(poison_first_row)
+    yield tiny_vae
+    handle.remove()
+
+
+@pytest.fixture
+def refine_keeps_the_start():
+    """Refine with a flow refiner and check the kept-best rule: finite, never worse than q0.
+
+    ``refine_keeps_the_start(refiner, model, x, num_samples=8, tolerance=1e-4)`` returns the
+    result; the start is the encoder's posterior with the refiner's flows at identity.
+    """
+    from lvmtoolkit.core.runtime import frozen
+    from lvmtoolkit.metrics import nelbo
+    from lvmtoolkit.refiners import make_local_posterior
+
+    def check(refiner, model, x, *, num_samples, tolerance):
+        result = refiner.refine(model, x)
+        for tensor in result.posterior.parameters():
+            assert torch.isfinite(tensor).all()
+        with frozen(model):
+            start = make_local_posterior(
+                model.amortized_posterior(), x, num_flows=refiner.options.num_flows
+            )
+        score = nelbo(model, start, x, num_samples=num_samples, seed=refiner.selection_seed)
+        assert (result.info["selection_nelbo"] <= score + tolerance).all()
+        return result
+
+    return check

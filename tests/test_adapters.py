@@ -305,20 +305,23 @@ class PyroPair(nn.Module):
             loc, raw = self.enc(images).chunk(2, dim=-1)
             pyro.sample("code", dist.Normal(loc, nn.functional.softplus(raw)).to_event(1))
 
+    def wrapped(self, with_mask: bool = True) -> PyroVAE:
+        """This pair as a toolkit Model (the model taking a mask, or one without it)."""
+        return PyroVAE(
+            self.model if with_mask else self.model_without_mask,
+            self.guide,
+            data_shape=(1, 28, 28),
+            modules=self,
+            obs_site="image",
+            data_plate="batch",
+        )
+
 
 @pytest.mark.parametrize("takes_mask", [True, False])
 def test_pyro_vae_wraps_a_model_and_guide_as_they_are(takes_mask, digits):
     torch.manual_seed(0)
     pair = PyroPair()
-    model_fn = pair.model if takes_mask else pair.model_without_mask
-    model = PyroVAE(
-        model_fn,
-        pair.guide,
-        data_shape=(1, 28, 28),
-        modules=pair,
-        obs_site="image",
-        data_plate="batch",
-    ).eval()
+    model = pair.wrapped(with_mask=takes_mask).eval()
     assert model.latent_shapes == {"code": (3,)}
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in pair.parameters())
     check_model(model, digits[:8], rebuild=False)
@@ -327,14 +330,7 @@ def test_pyro_vae_wraps_a_model_and_guide_as_they_are(takes_mask, digits):
 def test_pyro_vae_trains_and_refines(digits):
     torch.manual_seed(0)
     pair = PyroPair()
-    model = PyroVAE(
-        pair.model,
-        pair.guide,
-        data_shape=(1, 28, 28),
-        modules=pair,
-        obs_site="image",
-        data_plate="batch",
-    )
+    model = pair.wrapped()
     untrained = lvm.nelbo(model, model.amortized_posterior(), digits).mean()
     lvm.train(model, digits, epochs=3, batch_size=16, lr=1e-2)
     trained = lvm.nelbo(model, model.amortized_posterior(), digits).mean()
@@ -376,14 +372,7 @@ def test_adapted_models_inpaint_without_touching_observed_pixels(digits):
     pair = PyroPair()
     models = [
         build("spatial-latent"),
-        PyroVAE(
-            pair.model_without_mask,
-            pair.guide,
-            data_shape=(1, 28, 28),
-            modules=pair,
-            obs_site="image",
-            data_plate="batch",
-        ),
+        pair.wrapped(with_mask=False),
     ]
     observed = torch.ones_like(digits[:4], dtype=torch.bool)
     observed[..., 14:, :] = False

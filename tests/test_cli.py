@@ -34,38 +34,15 @@ def test_refine_json_parses_and_reports_every_step():
         assert rows["steps"]["5"]["nelbo"] <= rows["amortized"] + 1e-6
 
 
-def test_refine_prints_table():
-    result = run(
-        "refine",
-        "--steps",
-        "2",
-        "--num-images",
-        "4",
-        "--eval-samples",
-        "2",
-        "--split",
-        "test",
-        "--threads",
-        "1",
-    )
+def test_refine_prints_table(lvm_refine):
+    result = lvm_refine(steps="2")
     assert result.exit_code == 0, result.output
     assert "amortized" in result.stderr and "NELBO test" in result.stderr
     assert result.stdout == ""
 
 
-def test_refine_amortized_refiner_has_only_the_amortized_row():
-    result = run(
-        "refine",
-        "--refiner",
-        "amortized",
-        "--num-images",
-        "4",
-        "--eval-samples",
-        "2",
-        "--split",
-        "test",
-        "--json",
-    )
+def test_refine_amortized_refiner_has_only_the_amortized_row(lvm_refine):
+    result = lvm_refine("--refiner", "amortized", "--json", steps=None, threads=None)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["results"]["test"]["steps"] == {}
 

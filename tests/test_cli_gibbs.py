@@ -363,24 +363,13 @@ def test_evaluate_denoise_table():
         (["--fid-dims", "64"], "--fid-dims applies to inception features only"),
         (["--json", "--markdown"], "choose one of --json and --markdown"),
         (["--method", "conditional,nope"], "unknown method nope"),
-    ],
-)
-def test_evaluate_bad_input(args, message):
-    result = run("evaluate", "inpaint", "--backend", "vae", "--num-images", "2", *args)
-    assert result.exit_code != 0
-    assert result.stderr.startswith("Error: ") and message in result.stderr, result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
         (["--noise", "gaussian:variance=0"], "option variance: must be > 0"),
         (["--noise", "speckle"], "unknown observation model 'speckle'"),
     ],
 )
-def test_evaluate_denoise_bad_noise(args, message):
-    result = run("evaluate", "denoise", "--backend", "vae", "--num-images", "2", *args)
+def test_evaluate_bad_input(args, message):
+    task = "denoise" if "--noise" in args else "inpaint"
+    result = run("evaluate", task, "--backend", "vae", "--num-images", "2", *args)
     assert result.exit_code != 0
     assert result.stderr.startswith("Error: ") and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

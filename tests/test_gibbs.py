@@ -41,12 +41,9 @@ class RecordingPlugin:
 
 
 @pytest.fixture
-def recording_refiner():
-    plugin = RecordingPlugin()
-    plugins.pm.register(plugin, name="recording")
+def recording_refiner(lvm_plugins):
+    lvm_plugins.register(RecordingPlugin(), name="recording")
     RecordingRefiner.calls = []
-    yield
-    plugins.pm.unregister(plugin)
 
 
 def test_inpaint_never_changes_observed_pixels(tiny_vae, digits):

@@ -59,11 +59,8 @@ class InverterPlugin:
 
 
 @pytest.fixture
-def inverter_plugin():
-    plugin = InverterPlugin()
-    plugins.pm.register(plugin, name="test-inverter-plugin")
-    yield
-    plugins.pm.unregister(plugin)
+def inverter_plugin(lvm_plugins):
+    lvm_plugins.register(InverterPlugin(), name="test-inverter-plugin")
 
 
 def test_register_observations(inverter_plugin):

@@ -26,11 +26,8 @@ class MockPlugin:
 
 
 @pytest.fixture
-def mock_plugin():
-    plugin = MockPlugin()
-    plugins.pm.register(plugin, name="mock")
-    yield plugin
-    plugins.pm.unregister(plugin)
+def mock_plugin(lvm_plugins):
+    return lvm_plugins.register(MockPlugin(), name="mock")
 
 
 def test_register_backends():

@@ -35,6 +35,80 @@ def dump_json(data: Any) -> str:
     return json.dumps(clean(data), indent=2, allow_nan=False, default=str)
 
 
+def parse_int_list(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        numbers = sorted({int(part) for part in value.split(",") if part.strip()})
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a comma-separated list of integers, e.g. 1,10,100"
+        ) from None
+    if not numbers or numbers[0] < 1:
+        raise click.BadParameter(f"{value!r}: give one or more step counts, each at least 1")
+    return numbers
+
+
+def parse_splits(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+    splits = [part.strip() for part in value.split(",") if part.strip()]
+    if not splits:
+        raise click.BadParameter("give at least one split, e.g. train,test")
+    return list(dict.fromkeys(splits))
+
+
+def refiner_options(refiner_help: str, option_help: str) -> Callable[..., Any]:
+    """``--refiner NAME`` (default svi) and repeatable ``-o KEY=VALUE`` refiner options."""
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = click.option(
+            "-o", "--option", "options", multiple=True, metavar="KEY=VALUE", help=option_help
+        )(f)
+        return click.option("--refiner", default="svi", show_default=True, help=refiner_help)(f)
+
+    return decorate
+
+
+def steps_option(default: str | None, help: str) -> Callable[..., Any]:
+    """``--steps 1,10,100``: step counts, parsed to a sorted list of distinct integers >= 1."""
+    return click.option(
+        "--steps", default=default, show_default=default is not None, callback=parse_int_list,
+        help=help,
+    )  # fmt: skip
+
+
+def splits_option(default: str) -> Callable[..., Any]:
+    """``--split train,test``: dataset splits, comma-separated, duplicates dropped."""
+    return click.option(
+        "--split", "splits", default=default, show_default=True, callback=parse_splits,
+        help="Comma-separated dataset splits.",
+    )  # fmt: skip
+
+
+def count_option(
+    *decls: str, default: int | None, help: str, minimum: int = 1
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """An integer option of at least ``minimum`` (a count: steps, images, samples, chains).
+
+    Click refuses a smaller value with a message naming the option, before any work; a
+    default is shown in ``--help`` unless it is None (then the help says what None means).
+    """
+    return click.option(
+        *decls,
+        type=click.IntRange(min=minimum),
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
+
+
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Write the results as JSON to stdout."
+    )(f)
+
+
 def backend_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--backend",

@@ -12,7 +12,15 @@ from typing import Any
 
 import click
 
-from lvmtoolkit.cli.common import SEED, data_options, parse_key_values, runtime_options, stderr
+from lvmtoolkit.cli.common import (
+    SEED,
+    count_option,
+    data_options,
+    json_option,
+    parse_key_values,
+    runtime_options,
+    stderr,
+)
 from lvmtoolkit.cli.jobs import data_images, input_options, user_models
 from lvmtoolkit.tasks import MASK_KINDS, METHODS, NOISE_KINDS
 
@@ -147,39 +155,23 @@ Examples:
     )
     @data_options
     @click.option("--split", default="test", show_default=True, help="Dataset split.")
-    @click.option(
-        "--num-images",
-        type=click.IntRange(min=2),
-        default=200,
-        show_default=True,
-        help="Images: the first N of the split.",
+    @count_option("--num-images", default=200, minimum=2, help="Images: the first N of the split.")
+    @count_option(
+        "--batch-size", default=1000, help="Images restored together (memory; same results)."
     )
-    @click.option(
-        "--batch-size",
-        type=click.IntRange(min=1),
-        default=1000,
-        show_default=True,
-        help="Images restored together (memory; same results).",
-    )
-    @click.option(
+    @count_option(
         "--iterations",
-        type=click.IntRange(min=1),
         default=None,
         help="Chain length of mwg (default 300) and pseudo-gibbs (default 100).",
     )
-    @click.option(
+    @count_option(
         "--samples",
-        type=click.IntRange(min=1),
         default=None,
         help="Draws of z for the mean (conditional, default 32); importance samples "
         "(importance, default 256).",
     )
-    @click.option(
-        "--nll-samples",
-        type=click.IntRange(min=1),
-        default=256,
-        show_default=True,
-        help="Importance samples of the conditional NLL estimate.",
+    @count_option(
+        "--nll-samples", default=256, help="Importance samples of the conditional NLL estimate."
     )
     @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the noise.")
     @click.option(
@@ -211,16 +203,10 @@ Examples:
         help="Write a PNG grid like the paper's Figures 6-7: for each kind, the first "
         "--grid-rows images: original, input, and every backend x refiner x method's result.",
     )
-    @click.option(
-        "--grid-rows",
-        type=click.IntRange(min=1),
-        default=4,
-        show_default=True,
-        help="Images per kind in the grid.",
-    )
+    @count_option("--grid-rows", default=4, help="Images per kind in the grid.")
     @input_options
     @runtime_options
-    @click.option("--json", "as_json", is_flag=True, help="Write the results as JSON to stdout.")
+    @json_option
     @click.option(
         "--markdown", is_flag=True, help="Write the tables as Markdown to stdout (for docs)."
     )
@@ -498,7 +484,7 @@ def _markdown(report: dict[str, Any]) -> str:
 
 @evaluate.command(name="train-classifier")
 @data_options
-@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True, help="Passes.")
+@count_option("--epochs", default=20, help="Passes.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of everything.")
 @click.option(
     "-o",

@@ -10,14 +10,18 @@ from lvmtoolkit.cli.common import (
     SEED,
     backend_option,
     checkpoint_option,
+    count_option,
     data_options,
     dump_json,
+    json_option,
     parse_key_values,
+    refiner_options,
     runtime_options,
+    splits_option,
     stderr,
+    steps_option,
 )
 from lvmtoolkit.cli.jobs import command_inputs, input_options
-from lvmtoolkit.cli.refine import parse_int_list, parse_splits
 
 
 def register(cli: click.Group) -> None:
@@ -27,50 +31,18 @@ def register(cli: click.Group) -> None:
 @click.command()
 @backend_option
 @checkpoint_option
-@click.option(
-    "--refiner",
-    default="svi",
-    show_default=True,
-    help="Refiner that finds q* (it must take a 'steps' option).",
+@refiner_options(
+    "Refiner that finds q* (it must take a 'steps' option).",
+    "Refiner option, repeatable (see `lvm refiners show NAME`).",
 )
-@click.option(
-    "-o",
-    "--option",
-    "options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Refiner option, repeatable (see `lvm refiners show NAME`).",
-)
-@click.option(
-    "--steps",
-    default="1,10,100,1000",
-    show_default=True,
-    callback=parse_int_list,
-    help="Step counts at which to report the fraction of the amortization gap closed.",
+@steps_option(
+    "1,10,100,1000",
+    "Step counts at which to report the fraction of the amortization gap closed.",
 )
 @data_options
-@click.option(
-    "--split",
-    "splits",
-    default="test",
-    show_default=True,
-    callback=parse_splits,
-    help="Comma-separated dataset splits.",
-)
-@click.option(
-    "--num-images",
-    type=click.IntRange(min=1),
-    default=200,
-    show_default=True,
-    help="Images per split: the first N of the split.",
-)
-@click.option(
-    "--iwae-samples",
-    type=click.IntRange(min=1),
-    default=1000,
-    show_default=True,
-    help="k of the IWAE-k bound used as log p̂(x).",
-)
+@splits_option("test")
+@count_option("--num-images", default=200, help="Images per split: the first N of the split.")
+@count_option("--iwae-samples", default=1000, help="k of the IWAE-k bound used as log p̂(x).")
 @click.option(
     "--log-px",
     "log_px",
@@ -80,51 +52,26 @@ def register(cli: click.Group) -> None:
     help="Estimate of log p(x) the gaps use: IWAE-k, or annealed importance sampling from "
     "q* (reported beside IWAE-k; tighter where q* is far from the posterior).",
 )
-@click.option(
-    "--ais-steps",
-    type=click.IntRange(min=1),
-    default=100,
-    show_default=True,
-    help="AIS: intermediate distributions between q* and the posterior.",
+@count_option(
+    "--ais-steps", default=100, help="AIS: intermediate distributions between q* and the posterior."
 )
-@click.option(
-    "--ais-leapfrog",
-    type=click.IntRange(min=1),
-    default=5,
-    show_default=True,
-    help="AIS: leapfrog steps per HMC transition.",
-)
-@click.option(
+@count_option("--ais-leapfrog", default=5, help="AIS: leapfrog steps per HMC transition.")
+@count_option(
     "--ais-chains",
-    type=click.IntRange(min=1),
     default=8,
-    show_default=True,
     help="AIS: chains per image (their spread gives each estimate's standard error).",
 )
-@click.option(
+@count_option(
     "--bdmc-datapoints",
-    type=click.IntRange(min=0),
     default=100,
-    show_default=True,
+    minimum=0,
     help="With --log-px ais: simulate this many datapoints from the model and run AIS "
     "forward and in reverse on them (BDMC); the sandwich width says how far this schedule "
     "can be from log p(x). It costs about twice the AIS of as many images, plus finding "
     "their q*. 0: skip it.",
 )
-@click.option(
-    "--eval-samples",
-    type=click.IntRange(min=1),
-    default=100,
-    show_default=True,
-    help="Posterior samples per image in each ELBO.",
-)
-@click.option(
-    "--round-steps",
-    type=click.IntRange(min=1),
-    default=500,
-    show_default=True,
-    help="Stopping rule for q*: steps per round...",
-)
+@count_option("--eval-samples", default=100, help="Posterior samples per image in each ELBO.")
+@count_option("--round-steps", default=500, help="Stopping rule for q*: steps per round...")
 @click.option(
     "--tolerance",
     type=click.FloatRange(min=0),
@@ -132,19 +79,13 @@ def register(cli: click.Group) -> None:
     show_default=True,
     help="...stop when a round gains less than this many nats...",
 )
-@click.option(
-    "--max-steps",
-    type=click.IntRange(min=1),
-    default=10000,
-    show_default=True,
-    help="...or after this many steps in all.",
-)
+@count_option("--max-steps", default=10000, help="...or after this many steps in all.")
 @click.option(
     "--seed", type=SEED, default=0, show_default=True, help="Seed of the evaluation noise."
 )
 @input_options
 @runtime_options
-@click.option("--json", "as_json", is_flag=True, help="Write the results as JSON to stdout.")
+@json_option
 def gaps(
     backend: str,
     checkpoint: str | None,

@@ -13,6 +13,7 @@ from lvmtoolkit.cli.common import (
     SEED,
     backend_option,
     checkpoint_option,
+    count_option,
     dump_json,
     parse_key_values,
     runtime_options,
@@ -138,15 +139,13 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
             "hierarchical_flow_lr=0.0075 (pseudo-gibbs: steps=10 and select_samples=2 per "
             "iteration).",
         ),
-        click.option(
+        count_option(
             "--iterations",
-            type=click.IntRange(min=1),
             default=None,
             help="Chain length of mwg (default 300) and pseudo-gibbs (default 100).",
         ),
-        click.option(
+        count_option(
             "--samples",
-            type=click.IntRange(min=1),
             default=None,
             help="Draws of z averaged for the mean (conditional, default 32) or importance "
             "samples (importance, default 256).",

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from lvmtoolkit.cli.common import dump_json, parse_key_values, stderr
+from lvmtoolkit.cli.common import count_option, dump_json, parse_key_values, stderr
 
 
 def input_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -40,19 +40,16 @@ def input_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--output`` and what goes with it: per-datapoint results in resumable shards."""
-    f = click.option(
+    f = count_option(
         "--iwae-samples",
-        type=click.IntRange(min=0),
         default=0,
-        show_default=True,
+        minimum=0,
         help="Also record IWAE-k per datapoint with the amortized and the refined posterior "
         "as proposal (0: off).",
     )(f)
-    f = click.option(
+    f = count_option(
         "--shard-size",
-        type=click.IntRange(min=1),
         default=1000,
-        show_default=True,
         help="Datapoints refined (and held in memory) at a time; each shard is written "
         "when done, so a rerun resumes after the last one.",
     )(f)

@@ -10,37 +10,19 @@ from lvmtoolkit.cli.common import (
     SEED,
     backend_option,
     checkpoint_option,
+    count_option,
     data_options,
     dump_json,
+    json_option,
     parse_key_values,
+    refiner_options,
     runtime_options,
+    splits_option,
     stderr,
+    steps_option,
 )
 from lvmtoolkit.cli.jobs import input_options, is_job, output_options
 from lvmtoolkit.cli.jobs import run_refine as run_job
-
-
-def parse_int_list(
-    ctx: click.Context, param: click.Parameter, value: str | None
-) -> list[int] | None:
-    if value is None:
-        return None
-    try:
-        numbers = sorted({int(part) for part in value.split(",") if part.strip()})
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is not a comma-separated list of integers, e.g. 1,10,100"
-        ) from None
-    if not numbers or numbers[0] < 1:
-        raise click.BadParameter(f"{value!r}: give one or more step counts, each at least 1")
-    return numbers
-
-
-def parse_splits(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
-    splits = [part.strip() for part in value.split(",") if part.strip()]
-    if not splits:
-        raise click.BadParameter("give at least one split, e.g. train,test")
-    return list(dict.fromkeys(splits))
 
 
 def register(cli: click.Group) -> None:
@@ -50,47 +32,25 @@ def register(cli: click.Group) -> None:
 @click.command()
 @backend_option
 @checkpoint_option
-@click.option(
-    "--refiner", default="svi", show_default=True, help="Refiner (see `lvm refiners list`)."
+@refiner_options(
+    "Refiner (see `lvm refiners list`).",
+    "Refiner option, repeatable, e.g. -o lr=0.01 -o optimizer=sgd (see `lvm refiners show NAME`).",
 )
-@click.option(
-    "-o",
-    "--option",
-    "options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Refiner option, repeatable, e.g. -o lr=0.01 -o optimizer=sgd "
-    "(see `lvm refiners show NAME`).",
-)
-@click.option(
-    "--steps",
-    default=None,
-    callback=parse_int_list,
-    help="Step counts at which to report the NELBO; the refiner runs to the largest. "
+@steps_option(
+    None,
+    "Step counts at which to report the NELBO; the refiner runs to the largest. "
     "Default: the backend's (1,10,100,1000; nvae and nvae-flow: 1,10,100).",
 )
 @data_options
-@click.option(
-    "--split",
-    "splits",
-    default="train,test",
-    show_default=True,
-    callback=parse_splits,
-    help="Comma-separated dataset splits.",
-)
-@click.option(
+@splits_option("train,test")
+@count_option(
     "--num-images",
-    type=click.IntRange(min=1),
     default=None,
     help="Images per split: the first N of the split. Default: the backend's (1000; nvae "
     "and nvae-flow: 100, whose steps cost ~70x the VAE's); with --data, all of it.",
 )
-@click.option(
-    "--eval-samples",
-    type=click.IntRange(min=1),
-    default=100,
-    show_default=True,
-    help="Posterior samples per image in each reported NELBO.",
+@count_option(
+    "--eval-samples", default=100, help="Posterior samples per image in each reported NELBO."
 )
 @click.option(
     "--eval-seed",
@@ -102,7 +62,7 @@ def register(cli: click.Group) -> None:
 @input_options
 @output_options
 @runtime_options
-@click.option("--json", "as_json", is_flag=True, help="Write the results as JSON to stdout.")
+@json_option
 def refine(
     backend: str,
     checkpoint: str | None,

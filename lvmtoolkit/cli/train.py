@@ -12,6 +12,7 @@ import click
 from lvmtoolkit.cli.common import (
     SEED,
     backend_option,
+    count_option,
     data_options,
     parse_key_values,
     runtime_options,
@@ -34,20 +35,8 @@ def register(cli: click.Group) -> None:
     metavar="KEY=VALUE",
     help="Architecture setting, repeatable, JSON values: -c latent_dim=16 -c 'hidden=[500,500]'.",
 )
-@click.option(
-    "--epochs",
-    type=click.IntRange(min=1),
-    default=100,
-    show_default=True,
-    help="Passes over the training split.",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=100,
-    show_default=True,
-    help="Images per gradient step.",
-)
+@count_option("--epochs", default=100, help="Passes over the training split.")
+@count_option("--batch-size", default=100, help="Images per gradient step.")
 @click.option(
     "--lr",
     type=click.FloatRange(min=0, min_open=True),

@@ -207,15 +207,14 @@ def direct_elbo(
     posterior: Posterior,
     x: torch.Tensor,
     mask: torch.Tensor | None = None,
-    *,
-    analytic_kl: bool = True,
-    stl: bool = False,
+    **estimator: bool,
 ) -> torch.Tensor | None:
     """The one-sample ELBO of each datapoint without Pyro's traces, or None where it cannot.
 
     It can when ``model.latent_prior`` gives a prior for every latent site and
-    ``posterior.mean_field(x)`` gives q for the same sites. Arguments and result are those of
-    `per_datapoint_elbo`, whose estimator this is (same value for the same draws).
+    ``posterior.mean_field(x)`` gives q for the same sites. Arguments (``analytic_kl``,
+    ``stl`` as keywords) and result are those of `model_elbo`; the estimator is
+    `per_datapoint_elbo`'s (same value for the same draws).
 
     Returns:
         Tensor of shape ``(N,)``, or None (nothing was drawn: the caller's noise is intact).
@@ -226,7 +225,7 @@ def direct_elbo(
     q = posterior.mean_field(x)
     if q is None or set(q) != set(prior):
         return None
-    return mean_field_elbo(prior, q, model.decode, x, mask, analytic_kl=analytic_kl, stl=stl)
+    return mean_field_elbo(prior, q, model.decode, x, mask, **estimator)
 
 
 def model_elbo(
