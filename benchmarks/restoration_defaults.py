@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 
@@ -127,8 +128,7 @@ def main() -> None:
                 flush=True,
             )
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(reports, handle, indent=2)
+        Path(args.json).write_text(json.dumps(reports, indent=2))
 
 
 if __name__ == "__main__":

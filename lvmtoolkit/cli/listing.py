@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 from lvmtoolkit.cli.common import dump_json, stderr
@@ -25,6 +28,20 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     stderr.print(table)
 
 
+def _show(
+    rows: list[dict[str, Any]],
+    as_json: bool,
+    title: str,
+    columns: list[str],
+    cells: Callable[[dict[str, Any]], list[str]],
+) -> None:
+    """The rows as JSON on stdout, or as a table (a row's cells from ``cells``) on stderr."""
+    if as_json:
+        click.echo(dump_json(rows))
+    else:
+        _table(title, columns, [cells(row) for row in rows])
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Write the list as JSON to stdout.")
 def plugins(as_json: bool) -> None:
@@ -42,22 +59,17 @@ def plugins(as_json: bool) -> None:
     """
     from lvmtoolkit.plugins import plugin_info
 
-    info = plugin_info()
-    if as_json:
-        click.echo(dump_json(info))
-        return
-    _table(
+    _show(
+        plugin_info(),
+        as_json,
         "Installed plugins",
         ["name", "kind", "distribution", "version", "registers"],
-        [
-            [
-                p["name"],
-                p["kind"],
-                p["distribution"],
-                p["version"],
-                p["error"] or "; ".join(f"{k}: {', '.join(v)}" for k, v in p["registers"].items()),
-            ]
-            for p in info
+        lambda p: [
+            p["name"],
+            p["kind"],
+            p["distribution"],
+            p["version"],
+            p["error"] or "; ".join(f"{k}: {', '.join(v)}" for k, v in p["registers"].items()),
         ],
     )
 
@@ -90,15 +102,16 @@ def backends(as_json: bool) -> None:
                 "description": (reg.obj.__doc__ or "").strip().splitlines()[0],
             }
         )
-    if as_json:
-        click.echo(dump_json(rows))
-        return
-    _table(
+    _show(
+        rows,
+        as_json,
         "Backends",
         ["name", "plugin", "bundled checkpoint", "description"],
-        [
-            [r["name"], r["plugin"], "yes" if r["bundled_checkpoint"] else "no", r["description"]]
-            for r in rows
+        lambda r: [
+            r["name"],
+            r["plugin"],
+            "yes" if r["bundled_checkpoint"] else "no",
+            r["description"],
         ],
     )
 
@@ -127,13 +140,12 @@ def datasets(as_json: bool) -> None:
         }
         for name, reg in sorted(registered().items())
     ]
-    if as_json:
-        click.echo(dump_json(rows))
-        return
-    _table(
+    _show(
+        rows,
+        as_json,
         "Datasets",
         ["name", "splits", "description"],
-        [[r["name"], ",".join(r["splits"]), r["description"]] for r in rows],
+        lambda r: [r["name"], ",".join(r["splits"]), r["description"]],
     )
 
 
@@ -166,13 +178,12 @@ def refiners_list(as_json: bool) -> None:
         {"name": name, "plugin": reg.plugin, "description": reg.obj.description}
         for name, reg in sorted(registered().items())
     ]
-    if as_json:
-        click.echo(dump_json(rows))
-        return
-    _table(
+    _show(
+        rows,
+        as_json,
         "Refiners",
         ["name", "plugin", "description"],
-        [[r["name"], r["plugin"], r["description"]] for r in rows],
+        lambda r: [r["name"], r["plugin"], r["description"]],
     )
 
 
