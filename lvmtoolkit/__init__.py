@@ -119,6 +119,7 @@ _LAZY = {
     "load_plugins": "lvmtoolkit.plugins",
     "broken_plugins": "lvmtoolkit.plugins",
     "plugin_info": "lvmtoolkit.plugins",
+    "installed_version": "lvmtoolkit.plugins",
 }
 
 __all__ = [

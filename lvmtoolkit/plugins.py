@@ -293,6 +293,19 @@ def load_backend_model(
     return load_checkpoint(checkpoint, device=device, backend=backend), str(checkpoint)
 
 
+def installed_version(distribution: str) -> str:
+    """The installed version of a distribution, or ``"0+unknown"`` when it is not installed.
+
+    A backend's ``version`` (recorded in every checkpoint it writes) is usually its
+    distribution's: ``version = installed_version("lvm-vae")``. Imported from a source tree
+    that was never installed, the package has no metadata, hence the fallback.
+    """
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
 def plugin_info() -> list[dict[str, Any]]:
     """Installed plugins with their distribution, version, hooks and registered names.
 

@@ -6,18 +6,12 @@ log-variance stacked on the channel axis); the decoder maps z back to Bernoulli 
 
 from __future__ import annotations
 
-import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
 import lvmtoolkit as lvm
-
-try:
-    _VERSION = importlib.metadata.version("lvm-example-backend")
-except importlib.metadata.PackageNotFoundError:  # imported from a source tree
-    _VERSION = "0+unknown"
 
 
 @dataclass
@@ -41,7 +35,7 @@ class ConvVAE(lvm.TorchVAE):
     """Convolutional VAE, latent (latent_channels, 7, 7), Bernoulli likelihood."""
 
     name = "conv-vae"
-    version = _VERSION
+    version = lvm.installed_version("lvm-example-backend")
     config_class = ConvVAEConfig
 
     def __init__(self, config: ConvVAEConfig | None = None):

@@ -12,7 +12,6 @@ References:
 
 from __future__ import annotations
 
-import importlib.metadata
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +22,8 @@ from lvm_vae.model import VAE, VAEConfig
 from torch import nn
 from torch.nn import functional as F
 
+from lvmtoolkit import installed_version
 from lvmtoolkit.errors import CheckpointError
-
-try:
-    _VERSION = importlib.metadata.version("lvm-gmvae")
-except importlib.metadata.PackageNotFoundError:  # imported from a source tree
-    _VERSION = "0+unknown"
 
 
 @dataclass
@@ -51,7 +46,7 @@ class GMVAE(VAE):
     """VAE whose prior is a uniform mixture of k learnable diagonal Gaussians."""
 
     name = "gmvae"
-    version = _VERSION
+    version = installed_version("lvm-gmvae")
     config_class = GMVAEConfig
 
     def __init__(self, config: GMVAEConfig | None = None):

@@ -14,7 +14,6 @@ References:
 
 from __future__ import annotations
 
-import importlib.metadata
 import math
 from dataclasses import dataclass
 
@@ -23,13 +22,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from lvmtoolkit import DATA_PLATE, AmortizedGaussianPosterior, Model
+from lvmtoolkit import DATA_PLATE, AmortizedGaussianPosterior, Model, installed_version
 from lvmtoolkit.errors import CheckpointError, LvmError
-
-try:
-    _VERSION = importlib.metadata.version("lvm-linear-gaussian")
-except importlib.metadata.PackageNotFoundError:  # imported from a source tree
-    _VERSION = "0+unknown"
 
 
 @dataclass
@@ -54,7 +48,7 @@ class LinearGaussian(Model):
     """Probabilistic PCA as a VAE: Gaussian likelihood, exact log p(x) and posterior."""
 
     name = "linear-gaussian"
-    version = _VERSION
+    version = installed_version("lvm-linear-gaussian")
     config_class = LinearGaussianConfig
     binary_data = False
 

@@ -29,7 +29,6 @@ References:
 
 from __future__ import annotations
 
-import importlib.metadata
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,12 +42,7 @@ from torch.distributions import kl_divergence
 
 from lvm_nvae.cells import ResidualCell
 from lvm_nvae.posterior import NVAEPosterior, posterior_dist
-from lvmtoolkit import DATA_PLATE, AutoregressiveConvCell, CheckpointError, Model
-
-try:
-    _VERSION = importlib.metadata.version("lvm-nvae")
-except importlib.metadata.PackageNotFoundError:  # imported from a source tree
-    _VERSION = "0+unknown"
+from lvmtoolkit import DATA_PLATE, AutoregressiveConvCell, CheckpointError, Model, installed_version
 
 PARAM_BOUND = 5.0
 """Means and log-scales are soft-clamped to (-5, 5), as NVAE does, to keep training stable."""
@@ -168,7 +162,7 @@ class NVAE(Model):
     # defaults (1,000 images per split, 1,000 steps) would run for hours on a CPU.
     refine_num_images = 100
     refine_steps = (1, 10, 100)
-    version = _VERSION
+    version = installed_version("lvm-nvae")
     config_class = NVAEConfig
 
     def __init__(self, config: NVAEConfig | None = None):

@@ -6,7 +6,6 @@ References:
 
 from __future__ import annotations
 
-import importlib.metadata
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lvmtoolkit import DATA_PLATE, AmortizedGaussianPosterior, Model
+from lvmtoolkit import DATA_PLATE, AmortizedGaussianPosterior, Model, installed_version
 from lvmtoolkit.errors import CheckpointError
-
-try:
-    _VERSION = importlib.metadata.version("lvm-vae")
-except importlib.metadata.PackageNotFoundError:  # imported from a source tree
-    _VERSION = "0+unknown"
 
 
 @dataclass
@@ -62,7 +56,7 @@ class VAE(Model):
     """Gaussian-latent VAE with N(0, I) prior and a Bernoulli likelihood over pixels."""
 
     name = "vae"
-    version = _VERSION
+    version = installed_version("lvm-vae")
     config_class = VAEConfig
     chunk_size = 2048  # measured faster than 1024 per svi step and evaluation pass (CPU)
 
