@@ -14,6 +14,11 @@ SEED = click.IntRange(0, 2**63 - 1)
 """Click type of every seed option: an integer torch accepts (0..2**63-1)."""
 
 
+def seed_option(*decls: str, help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A seed option (default 0; `SEED` refuses what torch would not take)."""
+    return click.option(*decls, type=SEED, default=0, show_default=True, help=help)
+
+
 def dump_json(data: Any) -> str:
     """``data`` as JSON for stdout; NaN and infinities become ``null``.
 

@@ -13,12 +13,12 @@ from typing import Any
 import click
 
 from lvmtoolkit.cli.common import (
-    SEED,
     count_option,
     data_options,
     json_option,
     parse_key_values,
     runtime_options,
+    seed_option,
     stderr,
 )
 from lvmtoolkit.cli.jobs import data_images, input_options, user_models
@@ -173,7 +173,7 @@ Examples:
     @count_option(
         "--nll-samples", default=256, help="Importance samples of the conditional NLL estimate."
     )
-    @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the noise.")
+    @seed_option("--seed", help="Seed of the noise.")
     @click.option(
         "--fid-features",
         type=click.Choice(["mnist-classifier", "inception", "none"]),
@@ -485,7 +485,7 @@ def _markdown(report: dict[str, Any]) -> str:
 @evaluate.command(name="train-classifier")
 @data_options
 @count_option("--epochs", default=20, help="Passes.")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of everything.")
+@seed_option("--seed", help="Seed of everything.")
 @click.option(
     "-o",
     "--output",

@@ -7,7 +7,6 @@ from typing import Any
 import click
 
 from lvmtoolkit.cli.common import (
-    SEED,
     backend_option,
     checkpoint_option,
     count_option,
@@ -17,6 +16,7 @@ from lvmtoolkit.cli.common import (
     parse_key_values,
     refiner_options,
     runtime_options,
+    seed_option,
     splits_option,
     stderr,
     steps_option,
@@ -80,9 +80,7 @@ def register(cli: click.Group) -> None:
     help="...stop when a round gains less than this many nats...",
 )
 @count_option("--max-steps", default=10000, help="...or after this many steps in all.")
-@click.option(
-    "--seed", type=SEED, default=0, show_default=True, help="Seed of the evaluation noise."
-)
+@seed_option("--seed", help="Seed of the evaluation noise.")
 @input_options
 @runtime_options
 @json_option

@@ -10,13 +10,13 @@ from typing import Any
 import click
 
 from lvmtoolkit.cli.common import (
-    SEED,
     backend_option,
     checkpoint_option,
     count_option,
     dump_json,
     parse_key_values,
     runtime_options,
+    seed_option,
     stderr,
 )
 from lvmtoolkit.tasks import METHODS
@@ -150,7 +150,7 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Draws of z averaged for the mean (conditional, default 32) or importance "
             "samples (importance, default 256).",
         ),
-        click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the noise."),
+        seed_option("--seed", help="Seed of the noise."),
         click.option(
             "--result",
             "result_kind",

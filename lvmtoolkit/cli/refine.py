@@ -7,7 +7,6 @@ from typing import Any
 import click
 
 from lvmtoolkit.cli.common import (
-    SEED,
     backend_option,
     checkpoint_option,
     count_option,
@@ -17,6 +16,7 @@ from lvmtoolkit.cli.common import (
     parse_key_values,
     refiner_options,
     runtime_options,
+    seed_option,
     splits_option,
     stderr,
     steps_option,
@@ -52,13 +52,7 @@ def register(cli: click.Group) -> None:
 @count_option(
     "--eval-samples", default=100, help="Posterior samples per image in each reported NELBO."
 )
-@click.option(
-    "--eval-seed",
-    type=SEED,
-    default=0,
-    show_default=True,
-    help="Seed of the evaluation noise (the same for every row).",
-)
+@seed_option("--eval-seed", help="Seed of the evaluation noise (the same for every row).")
 @input_options
 @output_options
 @runtime_options

@@ -10,12 +10,12 @@ from pathlib import Path
 import click
 
 from lvmtoolkit.cli.common import (
-    SEED,
     backend_option,
     count_option,
     data_options,
     parse_key_values,
     runtime_options,
+    seed_option,
     stderr,
 )
 
@@ -44,13 +44,7 @@ def register(cli: click.Group) -> None:
     show_default=True,
     help="Adam learning rate.",
 )
-@click.option(
-    "--seed",
-    type=SEED,
-    default=0,
-    show_default=True,
-    help="Seed of initialisation, shuffling and binarisation.",
-)
+@seed_option("--seed", help="Seed of initialisation, shuffling and binarisation.")
 @click.option(
     "--eval-split",
     default="test",
