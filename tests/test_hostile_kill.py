@@ -1,6 +1,7 @@
 """Kill tests (issue 13, class 3): SIGINT, SIGTERM or SIGKILL at a random moment of
 `lvm inpaint -o` and `lvm train -o` never leaves a partial output, and an existing output
-stays intact unless the run completed.
+stays intact unless the run completed. A killed `lvm refine --output` job leaves no lock
+that blocks its resume (issue 31).
 
 Real processes, real signals. The moments are drawn from a seeded generator, so a failure
 reproduces. SIGKILL cannot be handled: it may leave a hidden temporary file next to the
@@ -182,3 +183,30 @@ def test_sigterm_while_writing_leaves_nothing_behind(tmp_path, digits):
     )  # fmt: skip
     assert train.returncode == 128 + signal.SIGTERM, train.stderr
     assert list(checkpoint.iterdir()) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_killed_jobs_lock_does_not_block_its_resume(tmp_path, signum):
+    """The job holds its folder's lock when it is killed; the kernel drops the lock, so
+    the same command resumes (and finishes with a lone run's results)."""
+    import lvmtoolkit as lvm
+    from tests.test_job_integrity import job_args, same_results, start_paused
+    from tests.test_jobs import as_uint8, lvm_run
+
+    images = lvm.get_dataset("mnist-5k")().load("test").images[:12]
+    data = tmp_path / "digits.npy"
+    np.save(data, as_uint8(images))
+    out = tmp_path / "out"
+    job = start_paused(tmp_path / "go", *job_args(data, out))  # shard 0 written, lock held
+    assert (out / ".lvm.lock").read_text().startswith(f"pid {job.pid} on ")
+    job.send_signal(signum)
+    job.communicate(timeout=60)
+    assert job.returncode != 0
+    if signum == signal.SIGKILL:  # no cleanup ran: the file still names the dead job
+        assert (out / ".lvm.lock").read_text().startswith(f"pid {job.pid} on ")
+    assert not (out / "summary.json").exists()
+    resumed = lvm_run(*job_args(data, out))
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming: 1 of 3 shards" in resumed.stderr
+    assert lvm_run(*job_args(data, tmp_path / "lone")).exit_code == 0
+    same_results(out, tmp_path / "lone")

@@ -45,14 +45,20 @@ def shard_files(root: Path) -> dict[str, str]:
     """A digest of each shard file and the summary, by content.
 
     Tables and the summary by their bytes; tensor files by their tensors' bytes and their
-    metadata (safetensors writes the metadata map in no fixed order).
+    metadata (safetensors writes the metadata map in no fixed order); receipts without the
+    tensor file's SHA-256 (and their own checksum), which follow that order.
     """
     from safetensors import safe_open
 
     found = {}
     for path in sorted([*root.glob("shards/*"), root / "summary.json"]):
         digest = hashlib.sha256()
-        if path.suffix == ".safetensors":
+        if path.name.endswith(".receipt.json"):
+            receipt = json.loads(path.read_text())
+            del receipt["checksum"]
+            del receipt["files"][path.name.replace(".receipt.json", ".safetensors")]["sha256"]
+            digest.update(json.dumps(receipt, sort_keys=True).encode())
+        elif path.suffix == ".safetensors":
             with safe_open(str(path), framework="pt") as handle:
                 digest.update(json.dumps(handle.metadata(), sort_keys=True).encode())
                 for key in sorted(handle.keys()):

@@ -69,6 +69,8 @@ def test_kill_9_in_the_middle_then_the_same_command_completes_as_a_clean_run(tmp
     done = len(list(out.glob("shards/*.jsonl")))
     assert 2 <= done < 8, f"{done} shards done when killed: the job was not interrupted"
     assert not (out / "summary.json").exists()
+    # The killed job's lock file still names it, but the kernel dropped its lock.
+    assert (out / ".lvm.lock").read_text().startswith(f"pid {process.pid} on ")
 
     resumed = lvm_process(*job, "--output", str(out))
     assert resumed.returncode == 0, resumed.stderr
@@ -90,3 +92,10 @@ def test_torchrun_with_two_ranks_gives_one_process_results(tmp_path, job):
     assert json.loads(ranks.stdout) == json.loads(single.stdout)  # rank 0 alone prints it
     assert ranks.stdout == single.stdout
     assert shard_files(tmp_path / "ranks") == shard_files(tmp_path / "single")
+    # Rank 0 held the folder's lock for the job (rank 1 never took it) and gave it back.
+    assert (tmp_path / "ranks" / ".lvm.lock").read_text() == ""
+    manifest = json.loads((tmp_path / "ranks" / "manifest.json").read_text())
+    assert [record["shard"] for record in manifest["shards"]] == list(range(8))
+    assert lvm.load_results(tmp_path / "ranks", posterior=False).table == (
+        lvm.load_results(tmp_path / "single", posterior=False).table
+    )

@@ -4,13 +4,15 @@
   IDX files, registered datasets), read by row range.
 - `user_model`: ``--model file.py:function`` and model identities.
 - `runner`: the refine job (shards, resume, torchrun ranks, progress).
-- `results`: the results folder and `load_results`.
+- `folder`: the results folder on disk (layout, atomic writes, shard checksums, the lock).
+- `results`: `load_results`, which reads a results folder back, checked.
 """
 
 from __future__ import annotations
 
 from lvmtoolkit.jobs.distributed import World, join_world
-from lvmtoolkit.jobs.results import Results, ResultsFolder, load_results
+from lvmtoolkit.jobs.folder import IntegrityError, OutputLock, ResultsFolder
+from lvmtoolkit.jobs.results import Results, load_results
 from lvmtoolkit.jobs.runner import RefineJob, Summary, run_refine_job
 from lvmtoolkit.jobs.sources import (
     ArraySource,
@@ -29,6 +31,8 @@ __all__ = [
     "DataSource",
     "DatasetSource",
     "ImageFolderSource",
+    "IntegrityError",
+    "OutputLock",
     "RefineJob",
     "Results",
     "ResultsFolder",

@@ -2,19 +2,21 @@
 
 The data is cut into shards of ``shard_size`` datapoints. Each shard is read, binarised
 (``model.evaluation_data``), scored with the amortized posterior, refined, scored after
-every requested step count (and with IWAE-k if asked), and written as two files
-(`ResultsFolder`). A shard's result depends only on the
+every requested step count (and with IWAE-k if asked), and written as two files and a
+receipt of their checksums (`ResultsFolder`). A shard's result depends only on the
 job and the shard's index: its refiner and evaluation seeds are derived from the job's
 seeds and the index (`stream_seed`), so it is the same
 whichever process computes it, in whichever run: a resumed job, or one split across
 ``torchrun`` ranks, gives bit for bit the results of one uninterrupted process (on the same
 device and thread count).
 
-Ranks take the shards ``rank, rank + size, ...`` that are not done yet. Rank 0 checks the
-output folder and writes the manifest before any shard is computed, shows one progress bar
-over the whole job (counting the shards every rank has written), and, after a barrier,
-writes the summary from the shard tables read in order, so the summary does not depend on
-how many processes there were.
+Ranks take the shards ``rank, rank + size, ...`` that are not done yet. Rank 0 locks the
+output folder for the job's lifetime (`OutputLock`: ranks of one job share it, a second job
+is refused), checks it (the shards already done against their receipts) and writes the
+manifest before any shard is computed, shows one progress bar over the whole job (counting
+the shards every rank has written), and, after a barrier, checks every shard again, writes
+the summary from the shard tables read in order, so the summary does not depend on how many
+processes there were, and records every shard file's checksum in the manifest.
 """
 
 from __future__ import annotations
@@ -36,14 +38,19 @@ from lvmtoolkit.core.posterior import Posterior
 from lvmtoolkit.core.runtime import frozen, stream_seed
 from lvmtoolkit.errors import LvmError
 from lvmtoolkit.jobs.distributed import World
-from lvmtoolkit.jobs.results import (
+from lvmtoolkit.jobs.folder import (
     FORMAT_VERSION,
+    LEGACY_FORMATS,
+    OutputLock,
     ResultsFolder,
-    build_posterior_skeleton,
-    iter_rows,
+    file_record,
+    json_bytes,
+    with_checksum,
+    write_bytes,
     write_json,
 )
-from lvmtoolkit.jobs.sources import DataSource, open_source
+from lvmtoolkit.jobs.results import build_posterior_skeleton
+from lvmtoolkit.jobs.sources import DataSource
 
 __all__ = ["RefineJob", "Summary", "run_refine_job"]
 
@@ -421,37 +428,107 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
     return ", ".join(keys) or "the identity"
 
 
-def _prepare_folder(job: RefineJob, folder: ResultsFolder, overwrite: bool) -> str | None:
-    """Rank 0: refuse, resume or start; write the manifest. Returns an error or None."""
-    identity = job.identity()
-    manifest = folder.read_manifest() if folder.root.is_dir() else None
-    if folder.root.exists() and not folder.root.is_dir():
-        return f"--output {folder.root} is a file, not a folder"
-    if manifest is not None and manifest.get("identity") == identity:
-        folder.remove_temporary()
-        return None
-    if not overwrite:
-        if manifest is not None:
-            now = json.loads(json.dumps({**job.definition(), "num_shards": job.num_shards}))
-            changed = _differences(manifest.get("job", {}), now)
-            return (
-                f"--output {folder.root} holds results of another command (it differs in: "
-                f"{changed}); pass --overwrite to replace them, or choose another folder"
-            )
-        if not folder.is_empty():
-            return (
-                f"--output {folder.root} is not empty and holds no lvm results; choose a new "
-                "or empty folder, or pass --overwrite to write into it"
-            )
+def _open_folder(
+    job: RefineJob,
+    folder: ResultsFolder,
+    lock: OutputLock,
+    overwrite: bool,
+    say: Callable[[str], None],
+) -> list[int]:
+    """Rank 0: lock the folder, then refuse, resume or start it (writing the manifest).
+
+    Returns:
+        The shards already done, their files checked against their receipts.
+
+    Raises:
+        LvmError: The folder is in use by another job, holds another command's results or
+            other files (without ``overwrite``), cannot be written, or a done shard is
+            damaged or of another job (`IntegrityError`).
+    """
+    root = folder.root
+    if root.exists() and not root.is_dir():
+        raise LvmError(f"--output {root} is a file, not a folder")
+    if not overwrite and not folder.manifest_path.exists() and not folder.is_empty():
+        # Checked before locking, so that no lock file is left in a folder that is not ours.
+        raise LvmError(
+            f"--output {root} is not empty and holds no lvm results; choose a new "
+            "or empty folder, or pass --overwrite to write into it"
+        )
     try:
-        folder.root.mkdir(parents=True, exist_ok=True)
-        folder.clear()
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LvmError(f"--output {root} cannot be written: {err}") from None
+    lock.acquire()  # held until the job ends: every decision below sees a folder at rest
+    if not lock.supported:
+        say(f"{root} cannot be locked (no flock there): do not run two jobs on it at once")
+    identity = job.identity()
+    try:
+        manifest = folder.read_manifest()
+    except LvmError:
+        if not overwrite:
+            raise
+        manifest = None  # a damaged manifest: --overwrite replaces it with the rest
+    if manifest is not None and manifest.get("identity") == identity:
+        version = manifest.get("format")
+        if version == FORMAT_VERSION:
+            folder.remove_temporary()
+            return [k for k in range(job.num_shards) if folder.verify_shard(k, identity)]
+        if version not in LEGACY_FORMATS:
+            raise LvmError(
+                f"--output {root} holds results format {version}, which this lvmtoolkit "
+                f"(format {FORMAT_VERSION}) does not know; resume it with the version that "
+                "wrote it"
+            )
+        # Its shards have no receipts, so none counts as done: all are computed again.
+        say(f"{root} was written by an older lvmtoolkit without checksums: recomputing it")
+    elif manifest is not None and not overwrite:
+        now = json.loads(json.dumps({**job.definition(), "num_shards": job.num_shards}))
+        changed = _differences(manifest.get("job", {}), now)
+        raise LvmError(
+            f"--output {root} holds results of another command (it differs in: "
+            f"{changed}); pass --overwrite to replace them, or choose another folder"
+        )
+    else:
+        try:
+            folder.clear()
+        except OSError as err:
+            raise LvmError(f"--output {root} cannot be written: {err}") from None
+    try:
         folder.remove_temporary()
         folder.shards.mkdir(exist_ok=True)
         write_json(folder.manifest_path, _manifest(job))
     except OSError as err:
-        return f"--output {folder.root} cannot be written: {err}"
-    return None
+        raise LvmError(f"--output {root} cannot be written: {err}") from None
+    return []
+
+
+def _finish(job: RefineJob, folder: ResultsFolder, summary: Summary) -> dict[str, Any]:
+    """Rank 0, after every rank is done: check every shard, summarise the tables in order,
+    record every shard file's checksum in the manifest, then write the summary.
+
+    Each shard's table is read once, from the bytes its checksum was checked on.
+    """
+    identity = job.identity()
+    records, missing = [], []
+    for shard in range(job.num_shards):
+        verified = folder.verify_shard(shard, identity)
+        if verified is None:
+            missing.append(shard)
+            continue
+        summary.add(folder.parse_table(shard, verified.table))
+        receipt = verified.receipt
+        records.append({"shard": shard, "rows": receipt["rows"], "files": receipt["files"]})
+    if missing:
+        raise LvmError(f"shards {missing[:5]} are missing after the run; run the command again")
+    report = make_report(job, summary)
+    data = json_bytes(report)
+    manifest = folder.read_manifest() or _manifest(job)
+    write_json(
+        folder.manifest_path,
+        with_checksum({**manifest, "shards": records, "summary": file_record(data)}),
+    )
+    write_bytes(folder.summary_path, data)  # last: its presence says the job has finished
+    return report
 
 
 def _manifest(job: RefineJob) -> dict[str, Any]:
@@ -464,21 +541,23 @@ def _manifest(job: RefineJob) -> dict[str, Any]:
     from lvmtoolkit.plugins import plugin_info
 
     plugins = {p["distribution"]: p["version"] for p in plugin_info() if p["kind"] != "broken"}
-    return {
-        "format": FORMAT_VERSION,
-        "identity": job.identity(),
-        "job": {**job.definition(), "num_shards": job.num_shards},
-        "posterior": job.posterior_builder,
-        "data_source": {"open": job.source_args, "description": job.source.describe()},
-        "versions": {
-            "lvmtoolkit": __version__,
-            "torch": torch.__version__,
-            "pyro": pyro.__version__,
-            "python": platform.python_version(),
-            "plugins": plugins,
-        },
-        "command": " ".join(["lvm", *sys.argv[1:]]) if sys.argv else "",
-    }
+    return with_checksum(
+        {
+            "format": FORMAT_VERSION,
+            "identity": job.identity(),
+            "job": {**job.definition(), "num_shards": job.num_shards},
+            "posterior": job.posterior_builder,
+            "data_source": {"open": job.source_args, "description": job.source.describe()},
+            "versions": {
+                "lvmtoolkit": __version__,
+                "torch": torch.__version__,
+                "pyro": pyro.__version__,
+                "python": platform.python_version(),
+                "plugins": plugins,
+            },
+            "command": " ".join(["lvm", *sys.argv[1:]]) if sys.argv else "",
+        }
+    )
 
 
 def run_refine_job(
@@ -501,8 +580,10 @@ def run_refine_job(
         log: Called with status lines (rank 0).
 
     Raises:
-        LvmError: ``output`` holds another command's results (without ``overwrite``), or is
-            not writable; a shard's data is bad.
+        LvmError: ``output`` is in use by another job (it holds the folder's lock), holds
+            another command's results (without ``overwrite``), or is not writable; a shard
+            already there is truncated, altered or of another job (`IntegrityError`); a
+            shard's data is bad.
     """
     world = world or World(device=job.model.device)
     say = log if (log is not None and world.is_main) else (lambda line: None)
@@ -523,23 +604,48 @@ def run_refine_job(
         return make_report(job, summary)
 
     folder = ResultsFolder(output)
-    error = _prepare_folder(job, folder, overwrite) if world.is_main else None
-    error = world.broadcast(error)
-    if error is not None:
-        raise LvmError(error)
+    lock = OutputLock(folder)  # rank 0 holds it for the job; the other ranks are its helpers
+    try:
+        return _run_in_folder(job, folder, lock, world, overwrite, progress, say)
+    finally:
+        lock.release()
+
+
+def _run_in_folder(
+    job: RefineJob,
+    folder: ResultsFolder,
+    lock: OutputLock,
+    world: World,
+    overwrite: bool,
+    progress: bool,
+    say: Callable[[str], None],
+) -> dict[str, Any] | None:
+    """`run_refine_job` with ``output``: open the folder (rank 0), run the shards, finish."""
+    failure: LvmError | None = None
+    done_shards: list[int] = []
+    if world.is_main:
+        try:
+            done_shards = _open_folder(job, folder, lock, overwrite, say)
+        except LvmError as err:
+            failure = err
+    # Rank 0 alone reads and checks the folder; the others learn the outcome from it.
+    message, done_shards = world.broadcast((None if failure is None else str(failure), done_shards))
+    if message is not None:
+        raise failure if failure is not None else LvmError(message)
     world.barrier()
     identity = job.identity()
-    done = {k for k in range(job.num_shards) if folder.shard_done(k, identity)}
+    done = set(done_shards)
     sizes = [job.shard_rows(k).stop - job.shard_rows(k).start for k in range(job.num_shards)]
     if done:
         say(f"resuming: {len(done)} of {job.num_shards} shards already done in {folder.root}")
+
+    def written() -> int:
+        return sum(sizes[k] for k in range(job.num_shards) if folder.receipt_path(k).is_file())
+
     bar = _Progress(len(job.source), sum(sizes[k] for k in done), progress and world.is_main)
     poller = None
     if world.distributed and bar.enabled:
-        poller = _Poller(
-            lambda: sum(sizes[k] for k in range(job.num_shards) if folder.table_path(k).is_file()),
-            bar,
-        )
+        poller = _Poller(written, bar)
         poller.start()
     started = time.perf_counter()
     try:
@@ -557,16 +663,11 @@ def run_refine_job(
         if poller is not None:
             poller.stopped.set()
             poller.join()
-        bar.set(sum(sizes[k] for k in range(job.num_shards) if folder.table_path(k).is_file()))
+        bar.set(written())
         bar.stop()
     if not world.is_main:
         return None
-    missing = [k for k in range(job.num_shards) if not folder.shard_done(k, identity)]
-    if missing:
-        raise LvmError(f"shards {missing[:5]} are missing after the run; run the command again")
-    summary.add(iter_rows(folder, job.num_shards))
-    report = make_report(job, summary)
-    write_json(folder.summary_path, report)
+    report = _finish(job, folder, Summary())
     seconds = time.perf_counter() - started
     computed = len(job.source) - sum(sizes[k] for k in done)
     say(
@@ -575,8 +676,3 @@ def run_refine_job(
         f"{'es' if world.size > 1 else ''}); results in {folder.root}"
     )
     return report
-
-
-def open_source_from_manifest(manifest: dict[str, Any], data_shape: tuple[int, ...]) -> DataSource:
-    """The data a manifest's job read, opened again."""
-    return open_source(manifest["data_source"]["open"], data_shape)

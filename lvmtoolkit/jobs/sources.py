@@ -47,6 +47,7 @@ __all__ = [
     "ImageFolderSource",
     "open_data",
     "open_source",
+    "open_source_from_manifest",
 ]
 
 _CHUNK = 1 << 20
@@ -547,3 +548,13 @@ def open_source(args: dict[str, Any], data_shape: Sequence[int]) -> DataSource:
     return DatasetSource(
         args["dataset"], args.get("data_dir"), args["splits"], args.get("num_images"), data_shape
     )
+
+
+def open_source_from_manifest(manifest: dict[str, Any], data_shape: Sequence[int]) -> DataSource:
+    """The data a results folder's job read, opened again from its manifest.
+
+    Args:
+        manifest: The job's ``manifest.json``, as read.
+        data_shape: The model's datapoint shape.
+    """
+    return open_source(manifest["data_source"]["open"], data_shape)
