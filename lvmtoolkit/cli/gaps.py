@@ -155,17 +155,7 @@ def gaps(
                 raise OptionError(f"{flag} applies only with --log-px ais")
     rule = ConvergenceRule(round_steps, tolerance, max_steps)
     schedule = AISSchedule(num_steps=ais_steps, leapfrog_steps=ais_leapfrog, num_chains=ais_chains)
-    inputs = command_inputs(
-        backend=backend,
-        checkpoint=checkpoint,
-        model_spec=model_spec,
-        data=data,
-        dataset=dataset,
-        data_dir=data_dir,
-        splits=splits,
-        num_images=num_images,
-        device=torch_device,
-    )
+    inputs = command_inputs(click.get_current_context().params, torch_device)
     model, backend, checkpoint = inputs.model, inputs.backend, inputs.checkpoint
     dataset, split_images, splits = inputs.dataset, inputs.split_images, list(inputs.split_images)
 

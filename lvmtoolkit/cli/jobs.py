@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,22 +231,22 @@ class Inputs:
     split_images: dict[str, Any]
 
 
-def command_inputs(
-    *,
-    backend: str,
-    checkpoint: str | None,
-    model_spec: str | None,
-    data: tuple[str, ...],
-    dataset: str,
-    data_dir: str | None,
-    splits: list[str],
-    num_images: int,
-    device: Any,
-) -> Inputs:
+def command_inputs(params: Mapping[str, Any], device: Any) -> Inputs:
     """The model and the first ``num_images`` images of each split (or of ``--data``), for
-    commands that hold all their images in memory (``lvm gaps``)."""
+    commands that hold all their images in memory (``lvm gaps``).
+
+    Args:
+        params: The command's parameters (click's ``ctx.params``): ``backend``,
+            ``checkpoint``, ``model_spec``, ``data``, ``dataset``, ``data_dir``, ``splits``
+            and ``num_images``, as `input_options`, `data_options` and ``--split`` give them.
+        device: Where the model goes.
+    """
     from lvmtoolkit.jobs import open_data, resolve_model
 
+    backend, checkpoint, model_spec = params["backend"], params["checkpoint"], params["model_spec"]
+    data, dataset, splits, num_images = (
+        params["data"], params["dataset"], params["splits"], params["num_images"]
+    )  # fmt: skip
     model, identity = resolve_model(model_spec, backend, checkpoint, device)
     if data:
         if given("dataset") or given("splits"):
@@ -260,7 +260,7 @@ def command_inputs(
         from lvmtoolkit.core.provenance import refuse_held_out_overlap
         from lvmtoolkit.plugins import get_dataset
 
-        loader = get_dataset(dataset)(data_dir)
+        loader = get_dataset(dataset)(params["data_dir"])
         split_images = {split: loader.load(split).images[:num_images] for split in splits}
         refuse_held_out_overlap(
             getattr(model, "checkpoint_info", None),

@@ -110,28 +110,9 @@ def refine(
     """
     steps, num_images = _backend_defaults(backend, model_spec, steps, num_images)
     if is_job(output, data, model_spec):
-        return run_job(
-            backend=backend,
-            checkpoint=checkpoint,
-            model_spec=model_spec,
-            refiner=refiner,
-            options=options,
-            steps=steps,
-            data=data,
-            dataset=dataset,
-            data_dir=data_dir,
-            splits=splits,
-            num_images=num_images,
-            eval_samples=eval_samples,
-            eval_seed=eval_seed,
-            iwae_samples=iwae_samples,
-            shard_size=shard_size,
-            output=output,
-            overwrite=overwrite,
-            device=device,
-            threads=threads,
-            as_json=as_json,
-        )
+        # The job takes every option of the command, by the same names.
+        params = click.get_current_context().params
+        return run_job(**{**params, "steps": steps, "num_images": num_images})
     from lvmtoolkit.core.provenance import refuse_held_out_overlap
     from lvmtoolkit.core.runtime import resolve_device, set_threads
     from lvmtoolkit.errors import OptionError
