@@ -34,6 +34,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -457,38 +458,19 @@ def save_image(path: str | Path, pixels: np.ndarray | torch.Tensor) -> Path:
     return atomic_write(path, image_writer(path, pixels))
 
 
-def save_grid(
-    path: str | Path,
-    columns: Sequence[tuple[str, torch.Tensor]],
-    *,
-    scale: int = 3,
-    missing: torch.Tensor | None = None,
-    missing_column: int = 0,
-    max_rows: int = 16,
-) -> Path:
+def save_grid(path: str | Path, columns: Sequence[tuple[str, torch.Tensor]], **layout: Any) -> Path:
     """Write a grid (PNG unless the suffix says otherwise): a column per ``(title, images)``.
 
     Args:
         path: Output file.
         columns: ``(title, (N, C, h, w) images in [0, 1])`` pairs, all with the same N.
-        scale: Each image pixel becomes ``scale x scale`` grid pixels.
-        missing: Optional ``(N, C, h, w)`` boolean tensor; column ``missing_column`` shows
-            these pixels in red (the region to fill).
-        missing_column: Which column shows ``missing``.
-        max_rows: Show at most this many images.
+        **layout: ``scale``, ``missing``, ``missing_column`` and ``max_rows``, as
+            `grid_writer` takes them.
 
     Returns:
         The path written.
     """
-    write = grid_writer(
-        path,
-        columns,
-        scale=scale,
-        missing=missing,
-        missing_column=missing_column,
-        max_rows=max_rows,
-    )
-    return atomic_write(path, write)
+    return atomic_write(path, grid_writer(path, columns, **layout))
 
 
 def grid_writer(

@@ -113,3 +113,21 @@ def refine_keeps_the_start():
         return result
 
     return check
+
+
+@pytest.fixture
+def fresh_python():
+    """Run Python code in a new interpreter (nothing imported yet); return its stdout, stripped.
+
+    For what only a fresh process shows: which modules an import pulls in, what works with
+    a dependency missing. A non-zero exit fails the test with the process's stderr.
+    """
+    import subprocess
+    import sys
+
+    def run(code: str) -> str:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    return run

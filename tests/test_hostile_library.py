@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -198,7 +196,7 @@ def test_check_model_on_directly_built_adapters(digits):
     check_model(make_tiny_model(), digits[:8])
 
 
-def test_check_model_does_not_need_pytest():
+def test_check_model_does_not_need_pytest(fresh_python):
     code = (
         "import sys; sys.modules['pytest'] = None\n"
         "from lvmtoolkit.testing import check_model, make_tiny_model\n"
@@ -208,9 +206,7 @@ def test_check_model_does_not_need_pytest():
         "check_model(make_tiny_model(), x)\n"
         "print('ok')\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+    assert fresh_python(code) == "ok"
 
 
 def test_every_public_name_is_importable_and_listed():

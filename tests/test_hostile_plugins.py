@@ -143,14 +143,12 @@ def test_a_hook_that_raises_in_process_marks_its_plugin_broken():
         plugins._broken.pop("raising", None)
 
 
-def test_plugins_are_not_loaded_when_the_cli_is_imported():
+def test_plugins_are_not_loaded_when_the_cli_is_imported(fresh_python):
     code = (
         "import lvmtoolkit.cli, lvmtoolkit.plugins as p\n"
         "print(p._loaded, sorted(n for n, _ in p.pm.list_name_plugin()))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "False []"
+    assert fresh_python(code) == "False []"
 
 
 def test_every_hook_documents_when_it_is_called():

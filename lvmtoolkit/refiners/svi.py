@@ -52,6 +52,17 @@ OPTIMIZERS = {
 }
 
 
+def gradient_option(default: str, where: str = "") -> Any:
+    """The ``gradient`` option: reparam, or stl (sticking the landing); ``where`` says which
+    posteriors take stl, where not all do."""
+    return option(
+        default,
+        "gradient estimator: reparam, or stl (sticking the landing: Monte-Carlo KL, score "
+        f"term dropped; zero variance at the true posterior{'; ' + where if where else ''})",
+        choices=("reparam", "stl"),
+    )
+
+
 @dataclass
 class SVIOptions:
     """Options of the ``svi`` refiner.
@@ -92,13 +103,10 @@ class SVIOptions:
     )
     num_particles: int = option(1, "samples of z per datapoint per step", minimum=1)
     analytic_kl: bool = option(True, "closed-form KL where the guide/prior pair has one")
-    gradient: str = option(
+    gradient: str = gradient_option(
         "stl",
-        "gradient estimator: reparam, or stl (sticking the landing: Monte-Carlo KL, "
-        "score term dropped; zero variance at the true posterior; for per-datapoint "
-        "Gaussians and hierarchical posteriors that support it, e.g. the NVAE's offsets; "
-        "others use reparam)",
-        choices=("reparam", "stl"),
+        "for per-datapoint Gaussians and hierarchical posteriors that support it, e.g. the "
+        "NVAE's offsets; others use reparam",
     )
     chunk_size: int = option(
         0,
@@ -268,12 +276,7 @@ class PaperSVIOptions(SVIOptions):
         "learning-rate schedule over the run: constant, or cosine decay to 0",
         choices=("constant", "cosine"),
     )
-    gradient: str = option(
-        "reparam",
-        "gradient estimator: reparam, or stl (sticking the landing: Monte-Carlo KL, "
-        "score term dropped; zero variance at the true posterior)",
-        choices=("reparam", "stl"),
-    )
+    gradient: str = gradient_option("reparam")
 
 
 class PaperSVIRefiner(SVIRefiner):

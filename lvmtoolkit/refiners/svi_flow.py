@@ -37,7 +37,7 @@ from lvmtoolkit.refiners.local import (
     LocalFlowPosterior,
     make_local_posterior,
 )
-from lvmtoolkit.refiners.svi import SVIOptions, SVIRefiner, rate_groups
+from lvmtoolkit.refiners.svi import SVIOptions, SVIRefiner, gradient_option, rate_groups
 
 
 @dataclass
@@ -87,12 +87,10 @@ class SVIFlowOptions(SVIOptions):
         "amortized, 0.03 improved all 64 of both NVAEs in 1,000 steps",
         minimum=0.0,
     )
-    gradient: str = option(
-        "reparam",
-        "gradient estimator: reparam, or stl (sticking the landing; applies without "
-        "per-datapoint flows only, i.e. num_flows=0; with flows reparam is used)",
-        choices=("reparam", "stl"),
-    )
+    gradient: str = gradient_option(
+        "reparam", "applies without per-datapoint flows only, i.e. num_flows=0; with flows "
+        "reparam is used"
+    )  # fmt: skip
 
 
 class SVIFlowRefiner(SVIRefiner):
