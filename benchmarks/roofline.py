@@ -30,7 +30,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import statistics
 import time
@@ -142,21 +141,20 @@ def replay_seconds(ops: Counter, repeats: int) -> float:
 # --- models ------------------------------------------------------------------------------
 
 
-def mlp(sizes: list[int]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(nn.ELU())
-    return nn.Sequential(*layers)
+def vae_networks(latent: int) -> tuple[nn.Module, nn.Module]:
+    """Encoder and decoder of the vae backend's architecture (784-300-300) with z of ``latent``
+    dimensions, freshly initialised: the same layers behind every adapter."""
+    vae = get_backend("vae")(get_backend("vae").config_class(latent_dim=latent))
+    return vae.encoder, vae.decoder
 
 
 def torch_vae() -> lvm.Model:
     """An MLP VAE of the paper's sizes (784-300-300, z=10) through the TorchVAE adapter."""
     torch.manual_seed(0)
-    encoder = nn.Sequential(nn.Flatten(), mlp([784, 300, 300, 20]))
-    decoder = mlp([10, 300, 300, 784])
-    return lvm.TorchVAE(encoder, decoder, data_shape=(1, 28, 28), latent_shape=(10,)).eval()
+    encoder, decoder = vae_networks(10)
+    return lvm.TorchVAE(
+        nn.Sequential(nn.Flatten(), encoder), decoder, data_shape=(1, 28, 28), latent_shape=(10,)
+    ).eval()
 
 
 class PyroPair(nn.Module):
@@ -165,8 +163,7 @@ class PyroPair(nn.Module):
     def __init__(self, latent: int = 50) -> None:
         super().__init__()
         self.latent = latent
-        self.enc = mlp([784, 300, 300, 2 * latent])
-        self.dec = mlp([latent, 300, 300, 784])
+        self.enc, self.dec = vae_networks(latent)
 
     def model(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         pyro.module("dec", self.dec)

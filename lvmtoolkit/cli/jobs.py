@@ -111,40 +111,26 @@ def data_args(
     }
 
 
-def run_refine(
-    *,
-    backend: str,
-    checkpoint: str | None,
-    model_spec: str | None,
-    refiner: str,
-    options: tuple[str, ...],
-    steps: list[int],
-    data: tuple[str, ...],
-    dataset: str,
-    data_dir: str | None,
-    splits: list[str],
-    num_images: int | None,
-    eval_samples: int,
-    eval_seed: int,
-    iwae_samples: int,
-    shard_size: int,
-    output: str | None,
-    overwrite: bool,
-    device: str,
-    threads: int | None,
-    as_json: bool,
-) -> None:
-    """``lvm refine`` as a job: see `lvmtoolkit.jobs.run_refine_job`."""
+def run_refine(params: Mapping[str, Any]) -> None:
+    """``lvm refine`` as a job: see `lvmtoolkit.jobs.run_refine_job`.
+
+    Args:
+        params: Every parameter of ``lvm refine`` by name, as click parsed them (``steps``
+            and ``num_images`` resolved to the backend's defaults where not given).
+    """
     from lvmtoolkit.core.provenance import refuse_held_out_overlap
     from lvmtoolkit.core.runtime import resolve_device, set_threads
     from lvmtoolkit.jobs import RefineJob, join_world, open_source, resolve_model, run_refine_job
 
-    set_threads(threads)
-    args = data_args(data, dataset, data_dir, splits, num_images)
-    values = parse_key_values(options, "--option")
-    world = join_world(resolve_device(device))
+    p = params
+    set_threads(p["threads"])
+    args = data_args(p["data"], p["dataset"], p["data_dir"], p["splits"], p["num_images"])
+    values = parse_key_values(p["options"], "--option")
+    world = join_world(resolve_device(p["device"]))
     try:
-        model, identity = resolve_model(model_spec, backend, checkpoint, world.device)
+        model, identity = resolve_model(
+            p["model_spec"], p["backend"], p["checkpoint"], world.device
+        )
         if "dataset" in args:
             refuse_held_out_overlap(
                 getattr(model, "checkpoint_info", None),
@@ -156,28 +142,28 @@ def run_refine(
         job = RefineJob(
             model=model,
             model_identity=identity,
-            refiner=refiner,
+            refiner=p["refiner"],
             options=values,
-            steps=steps,
+            steps=p["steps"],
             source=open_source(args, model.data_shape),
             source_args=args,
-            eval_samples=eval_samples,
-            eval_seed=eval_seed,
-            iwae_samples=iwae_samples,
-            shard_size=shard_size,
+            eval_samples=p["eval_samples"],
+            eval_seed=p["eval_seed"],
+            iwae_samples=p["iwae_samples"],
+            shard_size=p["shard_size"],
         )
         report = run_refine_job(
             job,
-            output,
+            p["output"],
             world=world,
-            overwrite=overwrite,
+            overwrite=p["overwrite"],
             log=lambda line: stderr.print(f"[dim]{line}[/dim]"),
         )
     finally:
         world.close()
     if report is None:
         return
-    if as_json:
+    if p["as_json"]:
         click.echo(dump_json(report))
     else:
         print_report(report)

@@ -110,9 +110,8 @@ def refine(
     """
     steps, num_images = _backend_defaults(backend, model_spec, steps, num_images)
     if is_job(output, data, model_spec):
-        # The job takes every option of the command, by the same names.
         params = click.get_current_context().params
-        return run_job(**{**params, "steps": steps, "num_images": num_images})
+        return run_job({**params, "steps": steps, "num_images": num_images})
     from lvmtoolkit.core.provenance import refuse_held_out_overlap
     from lvmtoolkit.core.runtime import resolve_device, set_threads
     from lvmtoolkit.errors import OptionError
