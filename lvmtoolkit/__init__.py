@@ -110,6 +110,7 @@ _LAZY = {
     "make_mask": "lvmtoolkit.tasks",
     "ssim": "lvmtoolkit.metrics.ssim",
     "load_results": "lvmtoolkit.jobs",
+    "IntegrityError": "lvmtoolkit.jobs",
     "fid": "lvmtoolkit.metrics.fid",
     # registries
     "get_backend": "lvmtoolkit.plugins",

@@ -21,8 +21,8 @@ Usage:
     python scripts/paired_refiner_difference.py --backend nvae-flow --dataset mnist \
         --data-dir ../shared/data/mnist --checkpoint-b runs/nvae-flow-150-epochs --num 200
     python scripts/paired_refiner_difference.py --stored \
-        docs/results/paired-longer-training-nvae-flow.json:b \
-        docs/results/paired-more-digits-13k-vs-bundled-nvae-flow.json:b
+        docs/results/data/paired-longer-training-nvae-flow.json:b \
+        docs/results/data/paired-more-digits-13k-vs-bundled-nvae-flow.json:b
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from lvmtoolkit.data import binarize_fixed
 from lvmtoolkit.errors import LvmError
 from lvmtoolkit.metrics.ssim import ssim
 from lvmtoolkit.plugins import get_backend, get_dataset, load_checkpoint
-from lvmtoolkit.tasks.evaluation import corrupt, observation_of
 from lvmtoolkit.tasks import MASK_KINDS
+from lvmtoolkit.tasks.evaluation import corrupt, observation_of
 from lvmtoolkit.tasks.restoration import restoration_refiner, restore
 
 
@@ -149,8 +149,10 @@ def _paired(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     }
 
 
-def _pair_stored(spec_a: str, spec_b: str) -> None:
-    """Print the paired difference of two stored per-image columns, B - A."""
+def stored_difference(spec_a: str, spec_b: str) -> dict[str, float | str]:
+    """The paired difference B - A of two stored per-image columns, ``FILE:a`` or ``FILE:b``
+    of files this script wrote with ``--json``: the summary's numbers, and the images and
+    kind both runs scored (refused if they differ)."""
     runs, columns = [], []
     for spec in (spec_a, spec_b):
         path, _, column = spec.rpartition(":")
@@ -175,9 +177,14 @@ def _pair_stored(spec_a: str, spec_b: str) -> None:
             f"--stored: {columns[0].numel()} and {columns[1].numel()} per-image SSIMs; "
             "need the same number, at least 2"
         )
-    summary = _paired(*columns)
+    return {"images": runs[0]["images"], "kind": runs[0]["kind"], **_paired(*columns)}
+
+
+def _pair_stored(spec_a: str, spec_b: str) -> None:
+    """Print the paired difference of two stored per-image columns, B - A."""
+    summary = stored_difference(spec_a, spec_b)
     print(
-        f"{runs[0]['kind']}, {runs[0]['images']}: A ({spec_a}) {summary['ssim_a']:.4f}, "
+        f"{summary['kind']}, {summary['images']}: A ({spec_a}) {summary['ssim_a']:.4f}, "
         f"B ({spec_b}) {summary['ssim_b']:.4f}; B - A = {summary['b_minus_a']:+.4f} ± "
         f"{summary['paired_sem']:.4f} (paired sem); B better on {summary['b_better_on']:.2f} "
         "of images"

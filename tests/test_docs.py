@@ -6,9 +6,12 @@ test named after it, and every `lvm` command's help says what it does, with an e
 
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
+import importlib
 import inspect
+import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -100,42 +103,98 @@ def test_gaps_figure_script_draws_the_figure(tmp_path):
     assert out.read_bytes().startswith(b"\x89PNG")
 
 
-def test_restoration_tables_are_the_run_jsons():
-    # The results page's tables are generated from the runs' JSON beside it; an edit by hand
-    # or a new run without regenerating fails here.
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "restoration_tables.py"), "--check"],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr
+RESULTS = ROOT / "docs" / "results"
+PAGES_SCRIPT = ROOT / "scripts" / "results_pages.py"
 
 
-def test_gaps_tables_are_the_run_jsons():
-    # The AIS table of gaps.md is generated from docs/results/gaps-ais-*.json.
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "gaps_tables.py"), "--check"],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr
-
-
-def _restoration_tables():
-    """scripts/restoration_tables.py as a module (scripts/ is not a package)."""
-    if str(ROOT / "scripts") not in sys.path:  # for its sibling page_section.py
+def _results_pages():
+    """scripts/results_pages.py as a module (scripts/ is not a package)."""
+    if str(ROOT / "scripts") not in sys.path:  # it imports its siblings by name too
         sys.path.insert(0, str(ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location(
-        "restoration_tables", ROOT / "scripts" / "restoration_tables.py"
+    return importlib.import_module("results_pages")
+
+
+def _copy_results(tmp_path: Path) -> Path:
+    """The results pages and their data, copied so that a test may edit them."""
+    copy = tmp_path / "results"
+    shutil.copytree(RESULTS, copy, ignore=shutil.ignore_patterns("*.png"))
+    return copy
+
+
+def test_results_pages_are_the_stored_runs():
+    # Every generated table and the data index equal what the stored JSON gives: an edit by
+    # hand, or a new run without regenerating, fails here.
+    done = subprocess.run(
+        [sys.executable, str(PAGES_SCRIPT), "--check"], capture_output=True, text=True
     )
-    tables = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tables)
-    return tables
+    assert done.returncode == 0, done.stderr
+
+
+def test_results_check_names_the_page_and_section_of_a_number_edited_by_hand(tmp_path):
+    results = _copy_results(tmp_path)
+    page = results / "restoration.md"
+    row = "| vae | 1000 | conditional | svi | 0.685 ± 0.004 |"
+    assert page.read_text().count(row) == 1
+    page.write_text(page.read_text().replace(row, row.replace("0.685", "0.695")))
+    done = subprocess.run(
+        [sys.executable, str(PAGES_SCRIPT), "--check", "--results", str(results)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    assert f"{page}, section 'tables'" in done.stderr
+    assert "0.695 ± 0.004" in done.stderr and "0.685 ± 0.004" in done.stderr
+    assert "gaps.md" not in done.stderr  # only what drifted is named
+
+
+def test_results_pages_follow_a_number_edited_in_the_stored_json(tmp_path):
+    pages = _results_pages()
+    results = _copy_results(tmp_path)
+    run_file = results / "data" / "restoration-denoise-vae.json"
+    run = json.loads(run_file.read_text())
+    scores = run["results"]["vae"]["gaussian"]["methods"]["conditional"]["svi"]
+    assert f"{scores['ssim']:.3f}" == "0.685"
+    scores["ssim"] = 0.6949
+    run_file.write_text(json.dumps(run, indent=1))
+    problems = "\n".join(pages.drift(results))
+    for section in ("summary", "tables"):
+        assert f"{results / 'restoration.md'}, section '{section}'" in problems
+    assert f"{results / 'data' / 'index.json'}: differs from the data" in problems  # digest
+    text, _ = pages.expected(results)[results / "restoration.md"]
+    assert text != (RESULTS / "restoration.md").read_text()
+    assert "| vae | 1000 | conditional | svi | 0.695 ± 0.004 |" in text
+
+
+def test_results_index_lists_every_stored_run_with_its_provenance():
+    index = json.loads((RESULTS / "data" / "index.json").read_text())
+    files = sorted(p.name for p in (RESULTS / "data").glob("*.json") if p.name != "index.json")
+    assert sorted(entry["file"] for entry in index["runs"]) == files
+    for entry in index["runs"]:
+        assert entry["title"] and entry["command"]
+        assert re.fullmatch(r"[0-9a-f]{7,}", entry["commit"]), entry["file"]
+        assert entry["model_sha256"] == "not recorded" or all(
+            re.fullmatch(r"[0-9a-f]{64}", digest) for digest in entry["model_sha256"].values()
+        )
+
+
+def test_results_catalogue_command_must_agree_with_its_run():
+    # The runs record their settings, not their command: a slip in the catalogue's command
+    # (the number of images, the backend) is refused rather than published.
+    pages = _results_pages()
+    entry = next(run for run in pages.RUNS if run.file == "restoration-denoise-nvae-1000.json")
+    record = json.loads((RESULTS / "data" / entry.file).read_text())
+    pages.check_command(entry, record)
+    fewer = dataclasses.replace(entry, command=entry.command.replace("1000", "200"))
+    with pytest.raises(pages.DataError, match="--num-images"):
+        pages.check_command(fewer, record)
+    other = dataclasses.replace(entry, command=entry.command.replace("nvae", "nvae-flow", 1))
+    with pytest.raises(pages.DataError, match="--backend"):
+        pages.check_command(other, record)
 
 
 def test_restoration_rows_of_another_checkpoint_are_labelled_with_it():
     # A run of a checkpoint the user trained must never appear as the bundled model's row.
-    tables = _restoration_tables()
+    tables = _results_pages()
     bundled = tables.get_backend("vae").default_checkpoint()
     assert tables.backend_label("vae", str(bundled)) == "vae"
     assert tables.backend_label("vae", "/tmp/runs/vae-long") == "vae (vae-long)"
@@ -159,7 +218,7 @@ def test_restoration_rows_of_another_checkpoint_are_labelled_with_it():
 
 def test_restoration_tables_refuse_runs_off_the_defaults():
     # A row run with `-o steps=1000 --samples 128` must not appear as the default svi row.
-    tables = _restoration_tables()
+    tables = _results_pages()
     run = {
         "refiners": {"svi": {"steps": "300", "lr": "0.2", "lr_scaling": "none"}},
         "protocol": {
@@ -184,9 +243,9 @@ def test_restoration_tables_refuse_runs_off_the_defaults():
 def test_paired_number_on_the_results_page_comes_from_the_stored_runs():
     # restoration.md quotes the 13,000-digit vs 150-epoch difference from this command.
     script = ROOT / "scripts" / "paired_refiner_difference.py"
-    results = ROOT / "docs" / "results"
-    longer = results / "paired-longer-training-nvae-flow.json"
-    more = results / "paired-more-digits-13k-vs-bundled-nvae-flow.json"
+    data = RESULTS / "data"
+    longer = data / "paired-longer-training-nvae-flow.json"
+    more = data / "paired-more-digits-13k-vs-bundled-nvae-flow.json"
     done = subprocess.run(
         [sys.executable, str(script), "--stored", f"{longer}:b", f"{more}:b"],
         capture_output=True,
@@ -195,9 +254,9 @@ def test_paired_number_on_the_results_page_comes_from_the_stored_runs():
     assert done.returncode == 0, done.stderr
     assert "B - A = -0.0014 ± 0.0020" in done.stdout and "better on 0.43" in done.stdout
     assert "**-0.001 ± 0.002** (better on 43%)" in " ".join(
-        (results / "restoration.md").read_text().split()
+        (RESULTS / "restoration.md").read_text().split()
     )
-    other_images = results / "paired-gradient-nvae-heldout.json"
+    other_images = data / "paired-gradient-nvae-heldout.json"
     refused = subprocess.run(
         [sys.executable, str(script), "--stored", f"{longer}:b", f"{other_images}:b"],
         capture_output=True,
