@@ -11,19 +11,8 @@ def run(*args):
     return CliRunner().invoke(cli, list(args))
 
 
-def test_refine_json_parses_and_reports_every_step():
-    result = run(
-        "refine",
-        "--steps",
-        "1,5",
-        "--num-images",
-        "8",
-        "--eval-samples",
-        "4",
-        "--threads",
-        "1",
-        "--json",
-    )
+def test_refine_json_parses_and_reports_every_step(lvm_refine):
+    result = lvm_refine("--json", steps="1,5", num_images=8, eval_samples=4, split=None)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["protocol"]["samples_per_nelbo"] == 4
