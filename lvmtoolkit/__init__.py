@@ -16,6 +16,7 @@ from lvmtoolkit.errors import (
     LvmError,
     MetricError,
     OptionError,
+    RefinerMismatch,
     UnknownNameError,
 )
 from lvmtoolkit.hookspecs import hookimpl
@@ -130,6 +131,7 @@ __all__ = [
     "LvmError",
     "MetricError",
     "OptionError",
+    "RefinerMismatch",
     "UnknownNameError",
     "__version__",
     "hookimpl",

@@ -44,3 +44,7 @@ class ImageError(LvmError):
 
 class MetricError(LvmError):
     """A metric that cannot be computed: missing feature-extractor weights, too few images."""
+
+
+class RefinerMismatch(LvmError):
+    """A refiner that does not apply to a model's posterior family (the message says which)."""

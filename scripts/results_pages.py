@@ -59,6 +59,7 @@ BACKENDS = ["vae", "gmvae", "nvae", "nvae-flow"]  # the bundled backends, in the
 PAGES = {
     "paper-tables.md": "Paper tables 1-2",
     "gaps.md": "Inference gaps",
+    "recipes.md": "Refinement recipes",
     "restoration.md": "Restoration (Table 3)",
     "inpainting.md": "Inpainting and denoising: the pseudo-Gibbs baseline",
 }
@@ -215,6 +216,36 @@ def gaps_table(runs: Runs) -> str:
     schedules = sorted({run["protocol"]["ais"]["description"] for run in loaded})
     notes = "\n".join(f"AIS schedule: {s}." for s in schedules)
     return f"{table(header, 'l' + 'r' * len(loaded), rows)}\n\n{notes}\n"
+
+
+def natural_table(runs: Runs) -> str:
+    """The recipes page's table of ``data/natural-gradient.json``: the fraction of the
+    amortization gap closed at each number of model passes, per backend and recipe."""
+    run = runs["natural-gradient.json"]
+    blocks = []
+    for backend in [b for b in BACKENDS if b in run["backends"]]:
+        rows = [row for row in run["rows"] if row["backend"] == backend]
+        if not rows:
+            raise DataError(f"natural-gradient.json has no rows of {backend}")
+        steps = rows[0]["steps"]
+        best = [max(row["fraction_closed"][i] for row in rows) for i in range(len(steps))]
+        body = [
+            [
+                row["recipe"],
+                *(
+                    bold(f"{100 * value:.1f}%") if value == best[i] else f"{100 * value:.1f}%"
+                    for i, value in enumerate(row["fraction_closed"])
+                ),
+            ]
+            for row in rows
+        ]
+        header = ["recipe", *(f"{k} pass{'es' if k > 1 else ''}" for k in steps)]
+        gap = rows[0]["gap"]
+        blocks.append(
+            f"**`{backend}`** (amortization gap {gap:.2f} nats on {rows[0]['num']:,} digits)"
+            f"\n\n{table(header, 'l' + 'r' * len(steps), body)}"
+        )
+    return "\n\n".join(blocks) + "\n"
 
 
 # -------------------------------------------------------- the pseudo-Gibbs chain pages
@@ -891,6 +922,7 @@ SECTIONS = [
     Section("paper-tables.md", "vae-table", lambda runs: paper_table(runs, "vae")),
     Section("paper-tables.md", "gmvae-table", lambda runs: paper_table(runs, "gmvae")),
     Section("gaps.md", "ais-table", gaps_table),
+    Section("recipes.md", "natural-gradient", natural_table),
     Section("restoration.md", "summary", restoration_summary),
     Section("restoration.md", "tables", restoration_tables),
     Section("restoration.md", "checkpoints", checkpoints_table),

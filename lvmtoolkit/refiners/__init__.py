@@ -11,12 +11,20 @@ from lvmtoolkit.refiners.local import (
     LocalFlowPosterior,
     make_local_posterior,
 )
+from lvmtoolkit.refiners.natural import (
+    GaussianNaturalGradient,
+    NaturalSVIOptions,
+    NaturalSVIRefiner,
+)
 from lvmtoolkit.refiners.svi import PaperSVIOptions, PaperSVIRefiner, SVIOptions, SVIRefiner
 from lvmtoolkit.refiners.svi_flow import SVIFlowOptions, SVIFlowRefiner
 
 __all__ = [
     "AmortizedRefiner",
+    "GaussianNaturalGradient",
     "LocalFlowPosterior",
+    "NaturalSVIOptions",
+    "NaturalSVIRefiner",
     "PaperSVIOptions",
     "PaperSVIRefiner",
     "SVIFlowOptions",
@@ -32,4 +40,5 @@ def register_refiners(register: Callable[[Any], None]) -> None:
     register(AmortizedRefiner)
     register(SVIRefiner)
     register(PaperSVIRefiner)
+    register(NaturalSVIRefiner)
     register(SVIFlowRefiner)

@@ -181,7 +181,7 @@ class SVIRefiner(Refiner):
         improved: dict[int, int] = {}
         call.checkpoint(0, best)
         params = [p for p in local.parameters() if p.requires_grad]
-        optimizer = OPTIMIZERS[o.optimizer](self._param_groups(local, params), o)
+        optimizer = self._optimizer(local, params)
         scheduler = (
             torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=o.steps)
             if o.schedule == "cosine" and o.steps
@@ -244,6 +244,12 @@ class SVIRefiner(Refiner):
         """The per-datapoint posterior to optimise, starting equal to ``init`` at ``x``."""
         o = self.options
         return make_local_posterior(init, x, structure=o.structure, num_flows=0, seed=o.seed)
+
+    def _optimizer(
+        self, local: LocalPosterior, params: list[torch.Tensor]
+    ) -> torch.optim.Optimizer:
+        """The optimiser of ``local``'s trainable ``params`` (``optimizer`` of `OPTIMIZERS`)."""
+        return OPTIMIZERS[self.options.optimizer](self._param_groups(local, params), self.options)
 
     def _param_groups(self, local: LocalPosterior, params: list[torch.Tensor]) -> list[dict]:
         """One learning rate per tensor: ``lr``, scaled by the size of its latent site."""
