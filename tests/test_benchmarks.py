@@ -30,8 +30,17 @@ BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
         ["roofline.py", "--backends", "vae,pyrovae", "--threads", "1", "--quick"],
         ["flat_flow_cost.py", "--threads", "1", "--num", "32", "--steps", "1", "--repeats", "1"],
         ["ais_cost.py", "--threads", "1", "--num", "4", "--steps", "3", "--svi-steps", "2"],
-        ["natural_gradient.py", "--threads", "1", "--num", "8", "--steps", "1,2",
-         "--reference-steps", "3"],  # fmt: skip
+        [
+            "natural_gradient.py",
+            "--threads",
+            "1",
+            "--num",
+            "8",
+            "--steps",
+            "1,2",
+            "--reference-steps",
+            "3",
+        ],
     ],
     ids=["refine_throughput", "roofline", "flat_flow_cost", "ais_cost", "natural_gradient"],
 )
