@@ -357,9 +357,18 @@ class ResultsFolder:
         except OSError as err:
             raise IntegrityError(f"{path}: cannot be read ({err}){fix}") from None
 
-    def _checked(self, path: Path, record: dict[str, Any], job: str, where: str, fix: str) -> bytes:
-        """The bytes of ``path`` if they are the ones ``record`` (in ``where``) describes."""
-        data = self._read(path, fix)
+    def _checked(
+        self,
+        path: Path,
+        record: dict[str, Any],
+        job: str,
+        where: str,
+        fix: str,
+        data: bytes | None = None,
+    ) -> bytes:
+        """The bytes of ``path`` if they are the ones ``record`` (in ``where``) describes
+        (``data``: the file's bytes where the caller has read them already)."""
+        data = self._read(path, fix) if data is None else data
         if path.suffix == ".safetensors":
             other = _safetensors_job(data)
             if other is not None and other != job:
@@ -423,7 +432,7 @@ class ResultsFolder:
         if receipt["job"] != job:
             raise IntegrityError(_foreign(self.receipt_path(shard), receipt["job"], job, fix))
         where, files = self.receipt_path(shard).name, receipt["files"]
-        self._checked(tensors, files[tensors.name], job, where, fix)
+        self._checked(tensors, files[tensors.name], job, where, fix, data)
         return VerifiedShard(receipt, self._checked(table, files[table.name], job, where, fix))
 
     def shard_done(self, shard: int, job: str) -> bool:
